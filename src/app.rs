@@ -1,0 +1,128 @@
+//! Wiring only: build the first snapshot, bind listeners, spawn the servers, the admin API and
+//! the reloader under one shutdown token, tell systemd, and drain on SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Admin};
+use crate::config::Loaded;
+use crate::metrics::CONFIG_GENERATION;
+use crate::reload::{self, Reloader};
+use crate::server;
+use crate::state::{SharedState, Snapshot};
+use crate::upstream::Upstreams;
+
+fn sd_notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Runs sandgate until SIGTERM or SIGINT. `config_path` enables live reload; without it
+/// (the demo) SIGHUP is logged and ignored.
+pub async fn run(
+    loaded: Loaded,
+    config_path: Option<PathBuf>,
+    prometheus: PrometheusHandle,
+) -> Result<(), String> {
+    // Install signal handlers before anything else, so an early signal is not fatal.
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let hup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+
+    for w in &loaded.warnings {
+        tracing::warn!("config warning: {w}");
+    }
+    let cfg = loaded.config;
+    let upstreams = Arc::new(Upstreams::default());
+    let snap = Snapshot::build(&cfg, None, &upstreams)?;
+    metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
+    let state: SharedState = Arc::new(ArcSwap::from_pointee(snap));
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut background = Vec::new();
+
+    for l in &cfg.listeners {
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.address))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(listener = %l.name, address = %bound, tls = l.tls.is_some(), "listening");
+        background.push(tokio::spawn(server::serve(
+            listener,
+            Arc::from(l.name.as_str()),
+            Arc::clone(&state),
+            shutdown.clone(),
+            tracker.clone(),
+        )));
+    }
+    if let Some(addr) = cfg.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("admin: cannot bind {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(address = %bound, "admin listening");
+        let admin = Arc::new(Admin {
+            state: Arc::clone(&state),
+            prometheus,
+        });
+        background.push(tokio::spawn(admin::serve(
+            listener,
+            admin,
+            shutdown.clone(),
+        )));
+    }
+    match config_path {
+        Some(path) => {
+            drop(hup); // the reloader installs its own SIGHUP stream
+            let reloader = Reloader::new(path, Arc::clone(&state), Arc::clone(&upstreams));
+            background.push(tokio::spawn(reload::run(reloader, shutdown.clone())));
+        }
+        None => {
+            let token = shutdown.clone();
+            background.push(tokio::spawn(async move {
+                let mut hup = hup;
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = hup.recv() => tracing::info!("SIGHUP ignored: no config file to reload"),
+                    }
+                }
+            }));
+        }
+    }
+
+    sd_notify(sd_notify::NotifyState::Ready);
+    tracing::info!(generation = state.load().generation, "sandgate ready");
+
+    let sig = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let grace = state.load().runtime.shutdown_grace;
+    tracing::info!(signal = sig, grace = ?grace, "shutting down: no new connections, draining in-flight requests");
+    sd_notify(sd_notify::NotifyState::Stopping);
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            connections = tracker.len(),
+            "shutdown grace expired; closing the remaining connections"
+        );
+    }
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("sandgate stopped");
+    Ok(())
+}

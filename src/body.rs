@@ -1,0 +1,70 @@
+//! The response body sandgate sends to clients: either a backend's streamed body, which holds
+//! the backend's in-flight slot until its last byte (or until the client goes away and the body
+//! is dropped), or a small body sandgate wrote itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::backend::InflightGuard;
+
+/// Body of a response to a client.
+pub enum ProxyBody {
+    /// Streamed from a backend.
+    Upstream {
+        /// The backend's body.
+        body: Incoming,
+        /// Released when this body is dropped.
+        guard: InflightGuard,
+    },
+    /// Written by sandgate (errors, admin); `None` once sent.
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(b.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

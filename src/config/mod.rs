@@ -1,0 +1,214 @@
+//! Configuration: `raw` mirrors the YAML, `validate` turns it into the typed [`Config`] below,
+//! collecting every error with its YAML path and line, and [`load`] ties them to a file.
+
+pub mod lines;
+pub mod raw;
+pub mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use raw::StrategyKind;
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Client-facing listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Admin listener address, if any.
+    pub admin: Option<SocketAddr>,
+    /// Process settings.
+    pub runtime: RuntimeConfig,
+    /// Client-side limits.
+    pub limits: LimitsConfig,
+    /// Routes in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Pools in name order.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// One listener.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    /// Name (metric label).
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// TLS certificates, if TLS is terminated here.
+    pub tls: Option<Vec<CertificatePair>>,
+}
+
+/// A loaded certificate chain and key, read from PEM files.
+#[derive(Debug)]
+pub struct CertificatePair {
+    /// Path of the certificate, for messages.
+    pub cert_path: PathBuf,
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// `runtime`.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Worker threads; None means one per core.
+    pub worker_threads: Option<usize>,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// `limits`.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Time allowed for a client's request head.
+    pub header_read_timeout: Duration,
+    /// Largest request body in bytes.
+    pub max_request_body: u64,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+}
+
+/// How a route matches the Host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exact host name, lower-case.
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; matches any sub-domain, not the bare domain.
+    Wildcard(String),
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Name (metric label).
+    pub name: String,
+    /// Host condition.
+    pub host: Option<HostMatch>,
+    /// Path prefix.
+    pub path_prefix: String,
+    /// Header conditions (exact value).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+}
+
+/// Upstream timeouts of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Request sent -> response head received.
+    pub response_header: Duration,
+    /// Idle keep-alive connection lifetime.
+    pub idle: Duration,
+}
+
+/// One pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Pool name.
+    pub name: String,
+    /// Strategy.
+    pub strategy: StrategyKind,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Backends in file order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Address of the sandbox worker.
+    pub address: SocketAddr,
+    /// Weight, at least 1.
+    pub weight: u32,
+    /// Region label.
+    pub region: Option<String>,
+}
+
+/// One configuration error: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// YAML path, e.g. `pools.sandboxes.backends[1].weight`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in one file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// A validated config plus non-fatal warnings.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Things worth telling the operator that do not stop the load.
+    pub warnings: Vec<String>,
+}
+
+/// Reads and validates the file at `path`. Relative TLS paths resolve against its directory.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            line: None,
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    parse_str(&src, base)
+}
+
+/// Parses and validates YAML text; `base` is the directory relative paths resolve against.
+pub fn parse_str(src: &str, base: &Path) -> Result<Loaded, ConfigErrors> {
+    let raw: raw::RawConfig = match serde_yaml::from_str(src) {
+        Ok(r) => r,
+        // An empty file deserializes as unit, not as a mapping: treat it as an empty config so
+        // validation can say what is missing.
+        Err(_) if src.trim().is_empty() => raw::RawConfig::default(),
+        Err(e) => return Err(ConfigErrors(vec![serde_error(&e)])),
+    };
+    let index = lines::LineIndex::build(src);
+    validate::validate(&raw, &index, base)
+}
+
+/// serde_yaml formats its errors as `path: message at line L column C`; split that into our
+/// `line L: path: message` form.
+fn serde_error(e: &serde_yaml::Error) -> ConfigError {
+    let text = e.to_string();
+    let line = e.location().map(|l| l.line());
+    let message = match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
+    ConfigError {
+        line,
+        path: String::new(),
+        message,
+    }
+}

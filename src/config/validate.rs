@@ -1,0 +1,531 @@
+//! Raw YAML structs -> typed [`Config`]. Pure apart from reading the TLS files the config names.
+//! Every problem is collected (not just the first), each with its YAML path and line.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::lines::LineIndex;
+use super::raw::{RawConfig, RawPool};
+use super::{
+    BackendConfig, CertificatePair, Config, ConfigError, ConfigErrors, HostMatch, LimitsConfig,
+    ListenerConfig, Loaded, PoolConfig, RouteConfig, RuntimeConfig, Timeouts,
+};
+
+/// Largest accepted backend weight; keeps the precomputed weighted schedule small.
+pub const MAX_WEIGHT: i64 = 10_000;
+/// hyper cannot read HTTP/1 heads into a buffer smaller than this.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+
+struct Errors<'a> {
+    index: &'a LineIndex,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        self.list.push(ConfigError {
+            line: self.index.line_of(&path),
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(
+                        path,
+                        format!("invalid duration {s:?} ({e}); write e.g. 250ms, 10s, 5m"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, path: &str, v: Option<&String>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => match s.trim().parse::<bytesize::ByteSize>() {
+                Ok(b) => b.as_u64(),
+                Err(e) => {
+                    self.push(
+                        path,
+                        format!("invalid size {s:?} ({e}); write e.g. 64KiB, 8MiB"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("invalid address {s:?}; write ip:port, e.g. 127.0.0.1:9001"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Validates `raw` into a [`Config`]; `base` resolves relative TLS file paths.
+pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loaded, ConfigErrors> {
+    let mut e = Errors {
+        index,
+        list: Vec::new(),
+    };
+    let mut warnings = Vec::new();
+
+    // listeners
+    if raw.listeners.is_empty() {
+        e.push("listeners", "at least one listener is required");
+    }
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if l.name.trim().is_empty() {
+            e.push(format!("{p}.name"), "must not be empty");
+        } else if !names.insert(l.name.as_str()) {
+            e.push(
+                format!("{p}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
+        }
+        let address = e.addr(&format!("{p}.address"), &l.address);
+        if let Some(a) = address {
+            if a.port() != 0 && !addrs.insert(a) {
+                e.push(
+                    format!("{p}.address"),
+                    format!("address {a} is used by another listener"),
+                );
+            }
+        }
+        let tls = l.tls.as_ref().map(|t| {
+            if t.certificates.is_empty() {
+                e.push(
+                    format!("{p}.tls.certificates"),
+                    "at least one certificate is required",
+                );
+            }
+            let mut pairs = Vec::new();
+            for (j, c) in t.certificates.iter().enumerate() {
+                let cp = format!("{p}.tls.certificates[{j}]");
+                let chain = read_certs(&mut e, &format!("{cp}.cert"), base, &c.cert);
+                let key = read_key(&mut e, &format!("{cp}.key"), base, &c.key);
+                if let (Some(chain), Some(key)) = (chain, key) {
+                    pairs.push(CertificatePair {
+                        cert_path: base.join(&c.cert),
+                        chain,
+                        key,
+                    });
+                }
+            }
+            pairs
+        });
+        if let Some(address) = address {
+            listeners.push(ListenerConfig {
+                name: l.name.clone(),
+                address,
+                tls,
+            });
+        }
+    }
+
+    // admin
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| e.addr("admin.address", &a.address));
+
+    // runtime
+    let worker_threads = match raw.runtime.worker_threads {
+        None => None,
+        Some(n) if (1..=1024).contains(&n) => Some(n as usize),
+        Some(_) => {
+            e.push("runtime.worker_threads", "must be between 1 and 1024");
+            None
+        }
+    };
+    let runtime = RuntimeConfig {
+        worker_threads,
+        shutdown_grace: e.duration(
+            "runtime.shutdown_grace",
+            raw.runtime.shutdown_grace.as_ref(),
+            Duration::from_secs(30),
+        ),
+    };
+
+    // limits
+    let header_read_timeout = e.duration(
+        "limits.header_read_timeout",
+        raw.limits.header_read_timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    if header_read_timeout.is_zero() {
+        e.push("limits.header_read_timeout", "must be greater than 0");
+    }
+    let max_request_body = e.size(
+        "limits.max_request_body",
+        raw.limits.max_request_body.as_ref(),
+        10 * 1024 * 1024,
+    );
+    let mut max_header_bytes = e.size(
+        "limits.max_header_bytes",
+        raw.limits.max_header_bytes.as_ref(),
+        64 * 1024,
+    );
+    if max_header_bytes < MIN_HEADER_BYTES {
+        e.push("limits.max_header_bytes", "must be at least 8KiB");
+        max_header_bytes = MIN_HEADER_BYTES;
+    }
+    let limits = LimitsConfig {
+        header_read_timeout,
+        max_request_body,
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+    };
+
+    // pools (BTreeMap: name order)
+    let pool_names: Vec<&String> = raw.pools.keys().collect();
+    let mut pools = Vec::new();
+    for (name, p) in &raw.pools {
+        pools.push(validate_pool(&mut e, name, p));
+    }
+
+    // routes
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    let mut used_pools = BTreeSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.trim().is_empty() {
+            e.push(format!("{p}.name"), "must not be empty");
+        } else if !route_names.insert(r.name.as_str()) {
+            e.push(
+                format!("{p}.name"),
+                format!("duplicate route name {:?}", r.name),
+            );
+        }
+        let pool = pool_names.iter().position(|n| **n == r.pool);
+        if pool.is_none() {
+            e.push(format!("{p}.pool"), format!("no pool named {:?}", r.pool));
+        }
+        used_pools.insert(r.pool.as_str());
+        let host = r
+            .matcher
+            .host
+            .as_ref()
+            .and_then(|h| host_match(&mut e, &format!("{p}.match.host"), h));
+        let path_prefix = r
+            .matcher
+            .path_prefix
+            .clone()
+            .unwrap_or_else(|| "/".to_owned());
+        if !path_prefix.starts_with('/') {
+            e.push(format!("{p}.match.path_prefix"), "must start with /");
+        }
+        let mut headers = Vec::new();
+        for (k, v) in &r.matcher.headers {
+            let hp = format!("{p}.match.headers.{k}");
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                (Err(_), _) => e.push(hp, format!("invalid header name {k:?}")),
+                (_, Err(_)) => e.push(hp, format!("invalid header value {v:?}")),
+            }
+        }
+        if let Some(pool) = pool {
+            routes.push(RouteConfig {
+                name: r.name.clone(),
+                host,
+                path_prefix,
+                headers,
+                pool,
+            });
+        }
+    }
+    if raw.routes.is_empty() {
+        warnings.push("no routes: every request will get 404".to_owned());
+    }
+    for name in &pool_names {
+        if !used_pools.contains(name.as_str()) {
+            warnings.push(format!("pools.{name}: no route uses this pool"));
+        }
+    }
+
+    if !e.list.is_empty() {
+        // Report in file order.
+        e.list.sort_by_key(|x| x.line.unwrap_or(0));
+        return Err(ConfigErrors(e.list));
+    }
+    Ok(Loaded {
+        config: Config {
+            listeners,
+            admin,
+            runtime,
+            limits,
+            routes,
+            pools,
+        },
+        warnings,
+    })
+}
+
+fn validate_pool(e: &mut Errors<'_>, name: &str, p: &RawPool) -> PoolConfig {
+    let pp = format!("pools.{name}");
+    let timeouts = Timeouts {
+        connect: e.duration(
+            &format!("{pp}.timeouts.connect"),
+            p.timeouts.connect.as_ref(),
+            Duration::from_secs(5),
+        ),
+        response_header: e.duration(
+            &format!("{pp}.timeouts.response_header"),
+            p.timeouts.response_header.as_ref(),
+            Duration::from_secs(60),
+        ),
+        idle: e.duration(
+            &format!("{pp}.timeouts.idle"),
+            p.timeouts.idle.as_ref(),
+            Duration::from_secs(90),
+        ),
+    };
+    for (k, d) in [
+        ("connect", timeouts.connect),
+        ("response_header", timeouts.response_header),
+    ] {
+        if d.is_zero() {
+            e.push(format!("{pp}.timeouts.{k}"), "must be greater than 0");
+        }
+    }
+    if p.backends.is_empty() {
+        e.push(
+            format!("{pp}.backends"),
+            "a pool needs at least one backend",
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut backends = Vec::new();
+    for (i, b) in p.backends.iter().enumerate() {
+        let bp = format!("{pp}.backends[{i}]");
+        let address = e.addr(&format!("{bp}.address"), &b.address);
+        if let Some(a) = address {
+            if !seen.insert(a) {
+                e.push(
+                    format!("{bp}.address"),
+                    format!("duplicate backend address {a} in this pool"),
+                );
+            }
+        }
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if w < 1 => {
+                e.push(format!("{bp}.weight"), "must be at least 1");
+                1
+            }
+            Some(w) if w > MAX_WEIGHT => {
+                e.push(
+                    format!("{bp}.weight"),
+                    format!("must be at most {MAX_WEIGHT}"),
+                );
+                1
+            }
+            Some(w) => w as u32,
+        };
+        if let Some(r) = &b.region {
+            if r.trim().is_empty() {
+                e.push(format!("{bp}.region"), "must not be empty");
+            }
+        }
+        if let Some(address) = address {
+            backends.push(BackendConfig {
+                address,
+                weight,
+                region: b.region.clone(),
+            });
+        }
+    }
+    PoolConfig {
+        name: name.to_owned(),
+        strategy: p.strategy,
+        timeouts,
+        backends,
+    }
+}
+
+fn host_match(e: &mut Errors<'_>, path: &str, h: &str) -> Option<HostMatch> {
+    let h = h.trim().to_ascii_lowercase();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    if let Some(rest) = h.strip_prefix("*.") {
+        if valid(rest) {
+            return Some(HostMatch::Wildcard(format!(".{rest}")));
+        }
+    } else if valid(&h) {
+        return Some(HostMatch::Exact(h));
+    }
+    e.push(
+        path,
+        format!("invalid host {h:?}; write an exact host or *.example.com"),
+    );
+    None
+}
+
+fn read_certs(
+    e: &mut Errors<'_>,
+    path: &str,
+    base: &Path,
+    file: &str,
+) -> Option<Vec<CertificateDer<'static>>> {
+    let full = base.join(file);
+    if let Err(err) = std::fs::metadata(&full) {
+        e.push(path, format!("cannot read {}: {err}", full.display()));
+        return None;
+    }
+    match CertificateDer::pem_file_iter(&full).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+        Ok(v) if v.is_empty() => {
+            e.push(
+                path,
+                format!("{}: no PEM certificate found", full.display()),
+            );
+            None
+        }
+        Ok(v) => Some(v),
+        Err(err) => {
+            e.push(path, format!("cannot read {}: {err}", full.display()));
+            None
+        }
+    }
+}
+
+fn read_key(
+    e: &mut Errors<'_>,
+    path: &str,
+    base: &Path,
+    file: &str,
+) -> Option<PrivateKeyDer<'static>> {
+    let full = base.join(file);
+    if let Err(err) = std::fs::metadata(&full) {
+        e.push(path, format!("cannot read {}: {err}", full.display()));
+        return None;
+    }
+    match PrivateKeyDer::from_pem_file(&full) {
+        Ok(k) => Some(k),
+        Err(err) => {
+            e.push(
+                path,
+                format!(
+                    "cannot read a PEM private key from {}: {err}",
+                    full.display()
+                ),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_str;
+    use std::path::Path;
+
+    fn errs(src: &str) -> Vec<String> {
+        match parse_str(src, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|x| x.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn collects_all_errors_with_lines() {
+        let src = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: api
+    pool: missing
+pools:
+  empty:
+    backends: []
+  sandboxes:
+    timeouts: { connect: 5 parsecs }
+    backends:
+      - { address: 127.0.0.1:9001 }
+      - { address: 127.0.0.1:9001, weight: 0 }
+      - { address: not-an-address }
+";
+        let mut e = errs(src);
+        assert_eq!(e.len(), 6, "{e:?}");
+        let duration = e.remove(2);
+        assert!(
+            duration.starts_with(
+                "line 11: pools.sandboxes.timeouts.connect: invalid duration \"5 parsecs\""
+            ),
+            "{duration}"
+        );
+        assert_eq!(
+            e,
+            vec![
+                "line 6: routes[0].pool: no pool named \"missing\"",
+                "line 9: pools.empty.backends: a pool needs at least one backend",
+                "line 14: pools.sandboxes.backends[1].address: duplicate backend address 127.0.0.1:9001 in this pool",
+                "line 14: pools.sandboxes.backends[1].weight: must be at least 1",
+                "line 15: pools.sandboxes.backends[2].address: invalid address \"not-an-address\"; write ip:port, e.g. 127.0.0.1:9001",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line() {
+        let src = "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    colour: blue\n";
+        let e = errs(src);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("line 4: listeners[0]: unknown field `colour`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_hosts() {
+        let src = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+limits: { max_request_body: 1MiB, max_header_bytes: 1KiB }
+routes:
+  - { name: r, match: { host: '*.example.com' }, pool: p }
+  - { name: s, match: { host: 'a*b' }, pool: p }
+pools:
+  p: { backends: [{ address: 127.0.0.1:2 }] }
+";
+        let e = errs(src);
+        assert_eq!(
+            e,
+            vec![
+                "line 2: limits.max_header_bytes: must be at least 8KiB",
+                "line 5: routes[1].match.host: invalid host \"a*b\"; write an exact host or *.example.com",
+            ]
+        );
+    }
+}

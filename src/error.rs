@@ -1,0 +1,93 @@
+//! The one mapping from a failure to what the client sees: [`ProxyError::status`] and a small
+//! JSON body carrying the request id.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Why sandgate answered instead of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched the request.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// The pool has no backend that can take the request.
+    #[error("no usable backend in pool {0}")]
+    NoBackend(String),
+    /// The request body is over `limits.max_request_body`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    /// The request head is over `limits.max_header_bytes`.
+    #[error("request headers larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    /// The request could not be forwarded (bad target, unsupported form).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// TCP connect to the backend failed or timed out.
+    #[error("cannot connect to backend {0}")]
+    Connect(String),
+    /// The backend did not send a response head within `timeouts.response_header`.
+    #[error("backend {0} did not answer in time")]
+    Timeout(String),
+    /// The backend broke the exchange (reset, malformed response).
+    #[error("backend {0} failed: {1}")]
+    Upstream(String, String),
+}
+
+impl ProxyError {
+    /// The HTTP status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Connect(_) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON body and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoBackend(_) => "no_backend",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::HeadersTooLarge(_) => "headers_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Connect(_) => "connect_error",
+            ProxyError::Timeout(_) => "timeout",
+            ProxyError::Upstream(..) => "upstream_error",
+        }
+    }
+
+    /// Whether trying again (elsewhere, later) could succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_) | ProxyError::Timeout(_) | ProxyError::Upstream(..)
+        )
+    }
+
+    /// Status, headers and JSON body for the client.
+    pub fn response(&self, request_id: &HeaderValue) -> Response<Bytes> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "status": self.status().as_u16(),
+            "request_id": request_id.to_str().unwrap_or(""),
+        });
+        let mut resp = Response::new(Bytes::from(body.to_string()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,149 @@
+//! Header rewriting, pure: hop-by-hop stripping (including names listed in `Connection`),
+//! `X-Forwarded-*`, `Via`, and request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The value sandgate adds to `Via`.
+pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 sandgate");
+
+/// Removes hop-by-hop headers: the fixed set of RFC 9110 section 7.6.1 and any header named in
+/// `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    for n in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+}
+
+/// Adds the forwarding headers to a request going upstream: appends the client to
+/// `X-Forwarded-For`, overwrites `X-Forwarded-Proto` and `X-Forwarded-Host`, and adds `Via`.
+pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
+    let mut buf = itoa_ip(client);
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            let joined = format!("{}, {}", prev.trim(), buf);
+            buf = joined;
+            HeaderValue::from_str(&buf)
+        }
+        _ => HeaderValue::from_str(&buf),
+    };
+    if let Ok(v) = xff {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(v) => {
+            h.insert(X_FORWARDED_HOST.clone(), v.clone());
+        }
+        None => {
+            h.remove(&X_FORWARDED_HOST);
+        }
+    }
+    h.append(header::VIA, VIA_VALUE.clone());
+}
+
+fn itoa_ip(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// A fresh request id: 32 lower-case hex digits from a fast non-cryptographic generator
+/// (ids need to be unique enough to correlate logs, not unguessable).
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The client's request id if it sent a usable one, else a fresh one.
+pub fn request_id(h: &HeaderMap) -> HeaderValue {
+    match h.get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+        _ => new_request_id(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let host = HeaderValue::from_static("a.example");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h["via"], "1.1 sandgate");
+    }
+
+    #[test]
+    fn request_ids() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_request_id());
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&h), "abc");
+    }
+}

@@ -1,0 +1,136 @@
+//! Every metric name in one place, described at start-up. Label values come from the config
+//! (route, pool, backend and listener names) or from small closed sets (status codes, results),
+//! so label sets stay bounded.
+//!
+//! The hot path never formats a label: handles are created once (per route, per backend, per
+//! status code on first use) and cached, so recording is an atomic add.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Label, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// `sandgate_requests_total{route,code}`
+pub const REQUESTS_TOTAL: &str = "sandgate_requests_total";
+/// `sandgate_request_duration_seconds{route}`
+pub const REQUEST_DURATION: &str = "sandgate_request_duration_seconds";
+/// `sandgate_upstream_requests_total{pool,backend,code}`
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "sandgate_upstream_requests_total";
+/// `sandgate_upstream_duration_seconds{pool,backend}`
+pub const UPSTREAM_DURATION: &str = "sandgate_upstream_duration_seconds";
+/// `sandgate_backend_inflight{pool,backend}`
+pub const BACKEND_INFLIGHT: &str = "sandgate_backend_inflight";
+/// `sandgate_connections_open{listener}`
+pub const CONNECTIONS_OPEN: &str = "sandgate_connections_open";
+/// `sandgate_config_reloads_total{result}`
+pub const CONFIG_RELOADS_TOTAL: &str = "sandgate_config_reloads_total";
+/// `sandgate_config_generation`
+pub const CONFIG_GENERATION: &str = "sandgate_config_generation";
+
+/// Histogram buckets (seconds) for request and upstream durations.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Installs the global Prometheus recorder and describes every metric. Call once per process.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Client requests answered, by route and status code."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request arrival to response head, by route."
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Requests sent to backends, by pool, backend and status code (or connect_error/timeout/error)."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Time from sending a request to a backend to its response head."
+    );
+    describe_gauge!(
+        BACKEND_INFLIGHT,
+        "Requests in flight to each backend, counted until the response body ends."
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Open client connections, by listener.");
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads, by result (success/error)."
+    );
+    describe_gauge!(
+        CONFIG_GENERATION,
+        "Generation of the config snapshot now serving."
+    );
+}
+
+/// Lowest status code counted; 100..=599 fit in the table.
+const FIRST_CODE: u16 = 100;
+const CODES: usize = 500;
+
+/// A counter family split by one extra `code` label, with one lazily created handle per status
+/// code (plus a few named outcomes such as `connect_error`). Lock-free after first use.
+pub struct CodeCounters {
+    name: &'static str,
+    labels: Vec<Label>,
+    by_code: Box<[OnceLock<Counter>]>,
+    named: [OnceLock<Counter>; NAMED.len()],
+}
+
+/// Outcomes that have no HTTP status (the upstream gave none).
+const NAMED: [&str; 3] = ["connect_error", "timeout", "error"];
+
+impl CodeCounters {
+    /// A family of `name` with the fixed `labels`.
+    pub fn new(name: &'static str, labels: Vec<Label>) -> Self {
+        Self {
+            name,
+            labels,
+            by_code: (0..CODES).map(|_| OnceLock::new()).collect(),
+            named: Default::default(),
+        }
+    }
+
+    fn make(&self, code: String) -> Counter {
+        let mut labels = self.labels.clone();
+        labels.push(Label::new("code", code));
+        metrics::counter!(self.name, labels)
+    }
+
+    /// Counts one response with `status`.
+    pub fn status(&self, status: u16) {
+        let i = usize::from(status.wrapping_sub(FIRST_CODE));
+        match self.by_code.get(i) {
+            Some(slot) => slot
+                .get_or_init(|| self.make(status.to_string()))
+                .increment(1),
+            None => self.make(status.to_string()).increment(1),
+        }
+    }
+
+    /// Counts one outcome without a status: `connect_error`, `timeout` or `error`.
+    pub fn outcome(&self, outcome: &'static str) {
+        let i = NAMED
+            .iter()
+            .position(|n| *n == outcome)
+            .unwrap_or(NAMED.len() - 1);
+        self.named[i]
+            .get_or_init(|| self.make(NAMED[i].to_owned()))
+            .increment(1);
+    }
+}

@@ -1,0 +1,181 @@
+//! Live reload, the only writer of the shared snapshot. Triggers: a change of the config file
+//! (watched through its directory, debounced, so editors that write a temp file and rename it
+//! over the original are seen) or SIGHUP (always reloads, even when the file is unchanged).
+//! A bad file is logged with the same errors `check` prints, counted, and the old snapshot
+//! keeps serving.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_mini::{new_debouncer, DebounceEventResult};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS_TOTAL};
+use crate::state::{SharedState, Snapshot};
+use crate::upstream::Upstreams;
+
+/// Why a reload happened.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// The file changed on disk.
+    FileChange,
+}
+
+/// Reloads the config at `path` into `state`.
+pub struct Reloader {
+    path: PathBuf,
+    state: SharedState,
+    upstreams: Arc<Upstreams>,
+    /// Hash of the last file content seen, so that a burst of file events for one write
+    /// reloads once.
+    last_digest: Option<u64>,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+fn sd_notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+impl Reloader {
+    /// A reloader for the file at `path`, whose current content is already loaded in `state`.
+    pub fn new(path: PathBuf, state: SharedState, upstreams: Arc<Upstreams>) -> Self {
+        let last_digest = std::fs::read(&path).ok().map(|b| digest(&b));
+        Self {
+            path,
+            state,
+            upstreams,
+            last_digest,
+        }
+    }
+
+    /// Loads the file and swaps in a new snapshot. Returns the new generation.
+    pub fn reload(&mut self, trigger: Trigger) -> Result<u64, String> {
+        if let Trigger::FileChange = trigger {
+            match std::fs::read(&self.path) {
+                Ok(b) if Some(digest(&b)) == self.last_digest => {
+                    return Ok(self.state.load().generation)
+                }
+                Ok(b) => self.last_digest = Some(digest(&b)),
+                // Mid-rename the file may be briefly missing; the next event reloads.
+                Err(_) => {}
+            }
+        }
+        sd_notify(&[
+            sd_notify::NotifyState::Reloading,
+            sd_notify::NotifyState::monotonic_usec_now()
+                .unwrap_or(sd_notify::NotifyState::Reloading),
+        ]);
+        let result = self.try_reload(trigger);
+        sd_notify(&[sd_notify::NotifyState::Ready]);
+        match &result {
+            Ok(generation) => {
+                metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "success").increment(1);
+                metrics::gauge!(CONFIG_GENERATION).set(*generation as f64);
+            }
+            Err(errors) => {
+                metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                for line in errors.lines() {
+                    tracing::error!(path = %self.path.display(), "config error: {line}");
+                }
+                tracing::error!(
+                    path = %self.path.display(),
+                    trigger = ?trigger,
+                    generation = self.state.load().generation,
+                    "config reload rejected; the previous config keeps serving"
+                );
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, trigger: Trigger) -> Result<u64, String> {
+        let loaded = config::load(&self.path).map_err(|e| e.to_string())?;
+        for w in &loaded.warnings {
+            tracing::warn!("config warning: {w}");
+        }
+        let old = self.state.load_full();
+        for change in old.restart_needed(&loaded.config) {
+            tracing::warn!("{change}: this needs a restart; applying everything else");
+        }
+        let snap = Snapshot::build(&loaded.config, Some(&old), &self.upstreams)?;
+        let generation = snap.generation;
+        self.state.store(Arc::new(snap));
+        tracing::info!(path = %self.path.display(), trigger = ?trigger, generation, "config reloaded");
+        Ok(generation)
+    }
+}
+
+/// Runs until `shutdown`: reloads on SIGHUP and on changes to the config file.
+pub async fn run(mut reloader: Reloader, shutdown: CancellationToken) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload by SIGHUP is off");
+            None
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _watcher = watch(&reloader.path, tx);
+    loop {
+        let trigger = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
+            Some(()) = rx.recv() => Trigger::FileChange,
+        };
+        // Errors are logged and counted inside.
+        let _ = reloader.reload(trigger);
+    }
+}
+
+/// Watches the file's directory (not the file: rename-replace would orphan a file watch) and
+/// sends one message per debounced burst of events that touch the file.
+fn watch(
+    path: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name()?.to_owned();
+    let handler = move |res: DebounceEventResult| match res {
+        Ok(events) => {
+            if events
+                .iter()
+                .any(|e| e.path.file_name() == Some(name.as_os_str()))
+            {
+                // The receiver only goes away at shutdown.
+                let _ = tx.send(());
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "config file watch error"),
+    };
+    let mut debouncer = match new_debouncer(Duration::from_millis(200), handler) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
+        return None;
+    }
+    Some(debouncer)
+}

@@ -1,0 +1,120 @@
+//! Client listeners: accept, optional TLS handshake, hyper's auto HTTP/1.1 + HTTP/2 (h2c prior
+//! knowledge on plain listeners, ALPN on TLS), and graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::CONNECTIONS_OPEN;
+use crate::proxy::{self, ConnCtx, ConnInfo};
+use crate::state::SharedState;
+
+/// Accepts connections on `listener` until `shutdown` fires. Connection tasks are spawned on
+/// `tracker` so shutdown can wait for them.
+pub async fn serve(
+    listener: TcpListener,
+    name: Arc<str>,
+    state: SharedState,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let open = metrics::gauge!(CONNECTIONS_OPEN, "listener" => name.to_string());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE/ENFILE: back off briefly instead of spinning.
+                    tracing::warn!(listener = &*name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        let ctx = ConnCtx {
+            state: Arc::clone(&state),
+            conn: ConnInfo {
+                listener: Arc::clone(&name),
+                peer,
+                tls: false,
+            },
+        };
+        tracker.spawn(connection(stream, ctx, open.clone(), shutdown.clone()));
+    }
+    tracing::info!(listener = &*name, "stopped accepting connections");
+}
+
+/// Counts an open connection for as long as it lives.
+struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+async fn connection(stream: TcpStream, mut ctx: ConnCtx, open: Gauge, shutdown: CancellationToken) {
+    open.increment(1.0);
+    let _open = OpenGuard(open);
+    let snap = ctx.state.load_full();
+    let http = Arc::clone(&snap.http);
+    let tls = snap
+        .listener(&ctx.conn.listener)
+        .and_then(|l| l.tls.clone());
+    let handshake_timeout = snap.limits.header_read_timeout;
+    drop(snap);
+    match tls {
+        None => serve_http(stream, ctx, &http, shutdown).await,
+        Some(acceptor) => {
+            ctx.conn.tls = true;
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve_http(tls_stream, ctx, &http, shutdown).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %ctx.conn.peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(peer = %ctx.conn.peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    ctx: ConnCtx,
+    http: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = ctx.conn.peer;
+    let ctx = Arc::new(ctx);
+    let svc = service_fn(move |req| {
+        let ctx = Arc::clone(&ctx);
+        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req).await) }
+    });
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            // Finish the requests in flight, then close; idle connections close at once.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

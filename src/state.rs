@@ -1,0 +1,237 @@
+//! The config snapshot: everything one request needs, built once per config generation and
+//! swapped in atomically. Requests load it once and keep their Arc to the end, so a reload
+//! never changes the rules under a request in flight.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::{Histogram, Label};
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::{Backend, BackendState};
+use crate::balance::Pool;
+use crate::config::{Config, LimitsConfig, RuntimeConfig, StrategyKind, Timeouts};
+use crate::metrics::{CodeCounters, REQUESTS_TOTAL, REQUEST_DURATION};
+use crate::router::Router;
+use crate::tls;
+use crate::upstream::{UpstreamClient, Upstreams};
+
+/// The shared, atomically swapped snapshot.
+pub type SharedState = Arc<ArcSwap<Snapshot>>;
+
+/// Per-route metric handles.
+pub struct RouteStats {
+    /// Route name.
+    pub name: Arc<str>,
+    /// `sandgate_requests_total{route,code}`.
+    pub requests: CodeCounters,
+    /// `sandgate_request_duration_seconds{route}`.
+    pub duration: Histogram,
+}
+
+/// A pool with what forwarding to it needs.
+pub struct PoolEntry {
+    /// Backends and strategy.
+    pub pool: Pool,
+    /// Configured strategy (for the admin API).
+    pub strategy: StrategyKind,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Pooled client.
+    pub client: UpstreamClient,
+}
+
+/// A listener as bound at start-up. Addresses only change on restart; certificates reload.
+pub struct ListenerEntry {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Configured address.
+    pub address: SocketAddr,
+    /// TLS acceptor, for TLS listeners.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// One config generation.
+pub struct Snapshot {
+    /// Starts at 1, +1 per successful reload.
+    pub generation: u64,
+    /// Route table.
+    pub router: Router,
+    /// Metric handles by route index.
+    pub route_stats: Vec<RouteStats>,
+    /// Pools by index (routes refer to them by index).
+    pub pools: Vec<PoolEntry>,
+    /// Client-side limits.
+    pub limits: LimitsConfig,
+    /// HTTP/1 + HTTP/2 connection settings derived from `limits`.
+    pub http: Arc<auto::Builder<TokioExecutor>>,
+    /// Listeners.
+    pub listeners: Vec<ListenerEntry>,
+    /// Runtime settings (read at start-up; changes need a restart).
+    pub runtime: RuntimeConfig,
+    /// Admin address (read at start-up).
+    pub admin: Option<SocketAddr>,
+}
+
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `cfg`. With `old`, backend state is carried over by pool and
+    /// address, and listeners keep their bound identity (see [`Snapshot::listener_changes`]).
+    pub fn build(
+        cfg: &Config,
+        old: Option<&Snapshot>,
+        upstreams: &Upstreams,
+    ) -> Result<Snapshot, String> {
+        let mut prior: HashMap<(&str, SocketAddr), &Arc<BackendState>> = HashMap::new();
+        if let Some(old) = old {
+            for p in &old.pools {
+                for b in &p.pool.backends {
+                    prior.insert((&p.pool.name, b.addr()), &b.state);
+                }
+            }
+        }
+        let mut pools = Vec::with_capacity(cfg.pools.len());
+        for pc in &cfg.pools {
+            let backends = pc
+                .backends
+                .iter()
+                .map(|bc| {
+                    let state = prior
+                        .get(&(pc.name.as_str(), bc.address))
+                        .map(|s| Arc::clone(s))
+                        .unwrap_or_else(|| Arc::new(BackendState::new(&pc.name, bc.address)));
+                    let authority =
+                        Authority::try_from(bc.address.to_string().as_str()).map_err(|e| {
+                            format!("pools.{}: bad address {}: {e}", pc.name, bc.address)
+                        })?;
+                    Ok(Backend {
+                        authority,
+                        weight: bc.weight,
+                        region: bc.region.as_deref().map(Arc::from),
+                        state,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            pools.push(PoolEntry {
+                pool: Pool::new(Arc::from(pc.name.as_str()), pc.strategy, backends),
+                strategy: pc.strategy,
+                timeouts: pc.timeouts,
+                client: upstreams.client_for(&pc.timeouts),
+            });
+        }
+        upstreams.retain(&cfg.pools.iter().map(|p| p.timeouts).collect::<Vec<_>>());
+
+        let route_stats = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let labels = vec![Label::new("route", r.name.clone())];
+                RouteStats {
+                    name: Arc::from(r.name.as_str()),
+                    requests: CodeCounters::new(REQUESTS_TOTAL, labels.clone()),
+                    duration: metrics::histogram!(REQUEST_DURATION, labels),
+                }
+            })
+            .collect();
+
+        let listeners = match old {
+            None => cfg
+                .listeners
+                .iter()
+                .map(|l| {
+                    Ok(ListenerEntry {
+                        name: Arc::from(l.name.as_str()),
+                        address: l.address,
+                        tls: l.tls.as_deref().map(tls::acceptor).transpose()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+            // Bound sockets stay; a listener that is still TLS gets the new certificates.
+            Some(old) => old
+                .listeners
+                .iter()
+                .map(|ol| {
+                    let new = cfg.listeners.iter().find(|l| *l.name == *ol.name);
+                    let tls = match (new.and_then(|l| l.tls.as_deref()), &ol.tls) {
+                        (Some(pairs), Some(_)) => Some(tls::acceptor(pairs)?),
+                        (_, old_tls) => old_tls.clone(),
+                    };
+                    Ok(ListenerEntry {
+                        name: Arc::clone(&ol.name),
+                        address: ol.address,
+                        tls,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        };
+
+        Ok(Snapshot {
+            generation: old.map_or(1, |o| o.generation + 1),
+            router: Router::new(&cfg.routes),
+            route_stats,
+            pools,
+            limits: cfg.limits.clone(),
+            http: Arc::new(http_builder(&cfg.limits)),
+            listeners,
+            runtime: RuntimeConfig {
+                // Threads are fixed when the runtime starts; the grace period applies live.
+                worker_threads: old
+                    .map_or(cfg.runtime.worker_threads, |o| o.runtime.worker_threads),
+                shutdown_grace: cfg.runtime.shutdown_grace,
+            },
+            admin: old.map_or(cfg.admin, |o| o.admin),
+        })
+    }
+
+    /// What in `cfg` differs from the running listeners, admin and runtime and so needs a
+    /// restart to apply; one message per difference.
+    pub fn restart_needed(&self, cfg: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            match cfg.listeners.iter().find(|n| *n.name == *l.name) {
+                None => out.push(format!("listener {} was removed", l.name)),
+                Some(n) if n.address != l.address => out.push(format!(
+                    "listener {} address changed from {} to {}",
+                    l.name, l.address, n.address
+                )),
+                Some(n) if n.tls.is_some() != l.tls.is_some() => {
+                    out.push(format!("listener {} switched TLS on or off", l.name))
+                }
+                Some(_) => {}
+            }
+        }
+        for n in &cfg.listeners {
+            if !self.listeners.iter().any(|l| *l.name == *n.name) {
+                out.push(format!("listener {} was added", n.name));
+            }
+        }
+        if cfg.admin != self.admin {
+            out.push("admin.address changed".to_owned());
+        }
+        if cfg.runtime.worker_threads != self.runtime.worker_threads {
+            out.push("runtime.worker_threads changed".to_owned());
+        }
+        out
+    }
+
+    /// The listener entry named `name`.
+    pub fn listener(&self, name: &str) -> Option<&ListenerEntry> {
+        self.listeners.iter().find(|l| *l.name == *name)
+    }
+}
