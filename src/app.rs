@@ -86,7 +86,7 @@ pub async fn run(
         Some(path) => {
             drop(hup); // the reloader installs its own SIGHUP stream
             let reloader = Reloader::new(path, Arc::clone(&state), Arc::clone(&upstreams));
-            background.push(tokio::spawn(reload::run(reloader, shutdown.clone())));
+            background.push(reload::spawn(reloader, shutdown.clone()));
         }
         None => {
             let token = shutdown.clone();

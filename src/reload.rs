@@ -121,8 +121,9 @@ impl Reloader {
     }
 }
 
-/// Runs until `shutdown`: reloads on SIGHUP and on changes to the config file.
-pub async fn run(mut reloader: Reloader, shutdown: CancellationToken) {
+/// Installs the SIGHUP handler and the file watch now (so that nothing after start-up is
+/// missed), then runs the reload loop on a task until `shutdown`.
+pub fn spawn(mut reloader: Reloader, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -131,16 +132,19 @@ pub async fn run(mut reloader: Reloader, shutdown: CancellationToken) {
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let _watcher = watch(&reloader.path, tx);
-    loop {
-        let trigger = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
-            Some(()) = rx.recv() => Trigger::FileChange,
-        };
-        // Errors are logged and counted inside.
-        let _ = reloader.reload(trigger);
-    }
+    let watcher = watch(&reloader.path, tx);
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
+                Some(()) = rx.recv() => Trigger::FileChange,
+            };
+            // Failures are logged and counted inside.
+            let _ = reloader.reload(trigger);
+        }
+    })
 }
 
 /// Watches the file's directory (not the file: rename-replace would orphan a file watch) and

@@ -53,6 +53,8 @@ pub async fn serve(
         };
         tracker.spawn(connection(stream, ctx, open.clone(), shutdown.clone()));
     }
+    // Close the socket before saying so: new connections are refused from here on.
+    drop(listener);
     tracing::info!(listener = &*name, "stopped accepting connections");
 }
 

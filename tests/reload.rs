@@ -1,0 +1,268 @@
+//! Live reload (file change and SIGHUP), rejection of bad files, requests in flight across a
+//! reload, and SIGTERM draining.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+
+fn one_pool(addr: std::net::SocketAddr) -> String {
+    basic_config(&format!("    backends: [{{ address: {addr} }}]\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_reload_applies_and_invalid_reload_is_rejected() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let proxy = spawn_proxy(&one_pool(a.addr));
+    assert_eq!(get(&proxy.url("public", "/")).await.text(), "a");
+
+    // Rename-replace, as editors do: picked up by the directory watch.
+    assert_eq!(proxy.reload(&one_pool(b.addr)), Reload::Applied(2));
+    assert_eq!(get(&proxy.url("public", "/")).await.text(), "b");
+
+    // A bad file: rejected, logged with its line, and b keeps serving.
+    let bad = one_pool(b.addr).replace(
+        "address: 127.0.0.1:0\nadmin",
+        "address: 127.0.0.1:0\n    colour: red\nadmin",
+    );
+    assert_eq!(proxy.reload(&bad), Reload::Rejected);
+    let err = proxy
+        .logs
+        .wait_for(Duration::from_secs(5), |v| {
+            msg(v).contains("unknown field `colour`")
+        })
+        .expect("error logged");
+    assert!(
+        msg(&err).contains("line 4: listeners[0]: unknown field `colour`"),
+        "{err}"
+    );
+    for _ in 0..5 {
+        assert_eq!(get(&proxy.url("public", "/")).await.text(), "b");
+    }
+    let bad_weight = one_pool(b.addr).replace("}]", ", weight: 0 }]");
+    assert_eq!(proxy.reload(&bad_weight), Reload::Rejected);
+    assert_eq!(get(&proxy.url("public", "/")).await.text(), "b");
+
+    let m = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(
+        m.contains("sandgate_config_reloads_total{result=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sandgate_config_reloads_total{result=\"error\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("sandgate_config_generation 2"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_always_reloads_and_bumps_the_generation() {
+    let a = named_backend("a").await;
+    let proxy = spawn_proxy(&one_pool(a.addr));
+    assert_eq!(proxy.sighup(), Reload::Applied(2));
+    assert_eq!(proxy.sighup(), Reload::Applied(3));
+    let ready = get(&proxy.admin_url("/readyz")).await.json();
+    assert_eq!(ready["generation"], 3);
+    assert_eq!(get(&proxy.url("public", "/")).await.text(), "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_change_needs_restart_but_the_rest_applies() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let proxy = spawn_proxy(&one_pool(a.addr));
+    let moved = one_pool(b.addr).replacen(
+        "address: 127.0.0.1:0",
+        &format!("address: {}", closed_port()),
+        1,
+    );
+    assert_eq!(proxy.reload(&moved), Reload::Applied(2));
+    proxy
+        .logs
+        .wait_for(Duration::from_secs(5), |v| {
+            msg(v).contains("needs a restart")
+        })
+        .expect("restart warning");
+    // Same socket as before, new pool.
+    assert_eq!(get(&proxy.url("public", "/")).await.text(), "b");
+}
+
+/// A backend whose responses wait for `release` before their body ends.
+async fn held_backend(name: &'static str, release: Arc<tokio::sync::Notify>) -> Backend {
+    spawn_backend(move |_req| {
+        let r = Arc::clone(&release);
+        Box::pin(async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"start;")).await.ok();
+                r.notified().await;
+                tx.send(Bytes::from(name)).await.ok();
+            });
+            Response::new(body)
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_in_flight_across_a_reload_completes() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let slow = held_backend("old", Arc::clone(&release)).await;
+    let fresh = named_backend("new").await;
+    let proxy = spawn_proxy(&one_pool(slow.addr));
+    let resp = client()
+        .request(
+            Request::get(proxy.url("public", "/"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "start;"
+    );
+
+    // Reload to a config without the slow backend while its response is mid-body.
+    assert_eq!(proxy.reload(&one_pool(fresh.addr)), Reload::Applied(2));
+    assert_eq!(get(&proxy.url("public", "/")).await.text(), "new");
+
+    release.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(rest, "old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_during_reloads_under_load() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let proxy = spawn_proxy(&one_pool(a.addr));
+    let url = proxy.url("public", "/");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (url.clone(), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0u32, 0u32);
+            // Bounded: at most 20k requests or until told to stop.
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let req = Request::get(&url).body(empty()).unwrap();
+                match c.request(req).await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.into_body().collect().await;
+                        ok += 1;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for i in 0..6 {
+        let next = if i % 2 == 0 { b.addr } else { a.addr };
+        assert!(matches!(proxy.reload(&one_pool(next)), Reload::Applied(_)));
+        let bad = one_pool(next).replace("pool: p", "pool: nope");
+        assert_eq!(proxy.reload(&bad), Reload::Rejected);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 0);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across reloads",
+        ok + failed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let slow = held_backend("done", Arc::clone(&release)).await;
+    let mut proxy = spawn_proxy(&one_pool(slow.addr));
+    let url = proxy.url("public", "/");
+    let resp = client()
+        .request(Request::get(&url).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "start;"
+    );
+
+    proxy.signal("TERM");
+    proxy
+        .logs
+        .wait_for(Duration::from_secs(5), |v| {
+            msg(v).starts_with("shutting down")
+        })
+        .expect("shutdown started");
+    proxy
+        .logs
+        .wait_for(Duration::from_secs(5), |v| {
+            msg(v) == "stopped accepting connections"
+        })
+        .expect("listener closed");
+    // New connections are refused while the old request drains.
+    assert!(tokio::net::TcpStream::connect(proxy.listeners["public"])
+        .await
+        .is_err());
+    assert!(
+        proxy.wait_exit(Duration::from_millis(300)).is_none(),
+        "exited before draining"
+    );
+
+    release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "done");
+    let status =
+        tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10))).expect("exited");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_up_after_shutdown_grace() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let slow = held_backend("never", Arc::clone(&release)).await;
+    let yaml =
+        one_pool(slow.addr).replace("admin:\n", "runtime: { shutdown_grace: 300ms }\nadmin:\n");
+    let mut proxy = spawn_proxy(&yaml);
+    let resp = client()
+        .request(
+            Request::get(proxy.url("public", "/"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let _body = resp.into_body();
+    proxy.signal("TERM");
+    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10)))
+        .expect("exited within grace");
+    assert!(status.success());
+    assert!(
+        proxy
+            .logs
+            .count(|v| msg(v).starts_with("shutdown grace expired"))
+            == 1
+    );
+}
