@@ -66,6 +66,21 @@ pub async fn run(
             tracker.clone(),
         )));
     }
+    // The recorder buffers histogram samples until they are folded in; do that periodically
+    // so memory stays flat when nobody scrapes /metrics.
+    {
+        let handle = prometheus.clone();
+        let token = shutdown.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        }));
+    }
     if let Some(addr) = cfg.admin {
         let listener = TcpListener::bind(addr)
             .await

@@ -100,3 +100,19 @@ pub fn config_yaml(sandboxes: &[SocketAddr]) -> String {
     }
     y
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn demo_config_is_valid() {
+        let addrs: Vec<std::net::SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let loaded =
+            crate::config::parse_str(&super::config_yaml(&addrs), std::path::Path::new("."))
+                .expect("demo config validates");
+        assert_eq!(loaded.config.pools[0].backends.len(), 3);
+        assert!(loaded.warnings.is_empty());
+    }
+}

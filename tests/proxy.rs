@@ -34,7 +34,9 @@ async fn routes_by_host_wildcard_prefix_and_headers() {
     }
     let proxy = spawn_proxy(&yaml);
     let url = |p: &str| proxy.url("public", p);
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    // (host, path, extra headers, expected backend)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("api.example.com", "/v1/run", &[], "api"),
         ("API.Example.com:8080", "/v1", &[], "api"),
         ("other.example.com", "/v1/run", &[], "v1"),

@@ -1,0 +1,134 @@
+//! `sandgate check`: output and exit codes, and config.example.yaml staying valid.
+
+mod common;
+
+use std::process::Command;
+
+use common::sandgate_bin;
+
+fn check(yaml: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sandgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(sandgate_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let (code, out, _) = check(
+        "listeners: [{ name: p, address: 127.0.0.1:8080 }]\nroutes: [{ name: r, pool: s }]\npools:\n  s: { backends: [{ address: 127.0.0.1:9001 }] }\n",
+    );
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn check_lists_every_error_with_its_line() {
+    let yaml = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: api
+    pool: ghosts
+pools:
+  sandboxes:
+    strategy: weighted
+    timeouts: { connect: soon }
+    backends:
+      - { address: 127.0.0.1:9001 }
+      - { address: 127.0.0.1:9001 }
+      - { address: 127.0.0.1:9002, weight: 0 }
+      - { address: nowhere }
+  empty:
+    backends: []
+limits:
+  max_request_body: lots
+";
+    let (code, out, err) = check(yaml);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("ok"));
+    let lines: Vec<&str> = err.lines().collect();
+    for want in [
+        "line 6: routes[0].pool: no pool named \"ghosts\"",
+        "line 10: pools.sandboxes.timeouts.connect: invalid duration \"soon\"",
+        "line 13: pools.sandboxes.backends[1].address: duplicate backend address 127.0.0.1:9001 in this pool",
+        "line 14: pools.sandboxes.backends[2].weight: must be at least 1",
+        "line 15: pools.sandboxes.backends[3].address: invalid address \"nowhere\"",
+        "line 17: pools.empty.backends: a pool needs at least one backend",
+        "line 19: limits.max_request_body: invalid size \"lots\"",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(want)), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_reports_syntax_errors_and_unknown_keys_with_lines() {
+    let (code, _, err) =
+        check("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    adress: typo\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("line 4: listeners[0]: unknown field `adress`"),
+        "{err}"
+    );
+
+    let (code, _, err) = check("listeners: [\n");
+    assert_eq!(code, 1);
+    assert!(err.starts_with("line "), "{err}");
+
+    let (code, _, err) = check("pools:\n  p:\n    strategy: random\n    backends: []\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 3: pools.p.strategy: unknown variant `random`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_fails_on_a_missing_file() {
+    let out = Command::new(sandgate_bin())
+        .args(["check", "-c", "/nonexistent/sandgate.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/sandgate.yaml"));
+}
+
+#[test]
+fn config_example_passes_check() {
+    // The example names certificates under /etc/sandgate/tls; generate them in a temp dir
+    // and point the example there, changing nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"))
+            .unwrap();
+    let mut n = 0;
+    for name in ["api", "sandbox"] {
+        if example.contains(&format!("/etc/sandgate/tls/{name}.pem")) {
+            let ck =
+                rcgen::generate_simple_self_signed(vec![format!("{name}.example.com")]).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), ck.cert.pem()).unwrap();
+            std::fs::write(
+                dir.path().join(format!("{name}.key")),
+                ck.key_pair.serialize_pem(),
+            )
+            .unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 2, "the example should show SNI with two certificates");
+    let yaml = example.replace("/etc/sandgate/tls/", &format!("{}/", dir.path().display()));
+    let (code, out, err) = check(&yaml);
+    assert_eq!(code, 0, "config.example.yaml failed check:\n{err}");
+    assert_eq!(out.trim(), "ok");
+    assert!(!err.contains("warning"), "example has warnings:\n{err}");
+}

@@ -1,0 +1,150 @@
+//! TLS termination with a generated CA: SNI picks between two certificates, ALPN negotiates
+//! h2 or http/1.1, and the backend learns the client used https.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+struct Pki {
+    ca: CertificateDer<'static>,
+    leaves: Vec<CertificateDer<'static>>,
+}
+
+/// Writes a CA-signed certificate and key for each name into `dir` as NAME.pem / NAME.key.
+fn make_pki(dir: &std::path::Path, names: &[&str]) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut leaves = Vec::new();
+    for n in names {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![(*n).to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        std::fs::write(dir.join(format!("{n}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{n}.key")), key.serialize_pem()).unwrap();
+        leaves.push(cert.der().clone());
+    }
+    Pki {
+        ca: ca.der().clone(),
+        leaves,
+    }
+}
+
+fn connector(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_alpn_picks_the_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), &["api.test", "sandbox.test"]);
+    let echo = echo_backend("tls-backend").await;
+    let yaml = format!(
+        "listeners:\n  - name: tls\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n\
+         \x20       - {{ cert: api.test.pem, key: api.test.key }}\n\
+         \x20       - {{ cert: sandbox.test.pem, key: sandbox.test.key }}\n\
+         routes: [{{ name: all, pool: p }}]\npools:\n  p: {{ backends: [{{ address: {} }}] }}\n",
+        echo.addr
+    );
+    let proxy = spawn_proxy_in(dir, &yaml);
+    let addr = proxy.listeners["tls"];
+
+    for (sni, leaf) in [
+        ("api.test", &pki.leaves[0]),
+        ("sandbox.test", &pki.leaves[1]),
+    ] {
+        for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = connector(&pki.ca, &[alpn])
+                .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+                .await
+                .expect("handshake verified against the CA");
+            let (_, session) = tls.get_ref();
+            assert_eq!(session.peer_certificates().unwrap()[0], *leaf, "SNI {sni}");
+            assert_eq!(session.alpn_protocol(), Some(alpn));
+
+            let req = Request::get(format!("https://{sni}/secure"))
+                .header("host", sni)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = if alpn == b"h2" {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                send.send_request(req).await.unwrap()
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                send.send_request(req).await.unwrap()
+            };
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(j["headers"]["x-forwarded-proto"][0], "https");
+            assert_eq!(j["headers"]["x-forwarded-host"][0], sni);
+        }
+    }
+
+    // An unknown name gets the first (default) certificate, which the client then rejects.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let err = connector(&pki.ca, &[b"http/1.1"])
+        .connect(ServerName::try_from("other.test").unwrap(), tcp)
+        .await;
+    assert!(
+        err.is_err(),
+        "certificate for api.test must not validate for other.test"
+    );
+}
+
+#[test]
+fn missing_tls_files_are_reported_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: tls\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - { cert: nope.pem, key: nope.key }\nroutes: []\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(sandgate_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 6: listeners[0].tls.certificates[0].cert: cannot read"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 6: listeners[0].tls.certificates[0].key: cannot read"),
+        "{err}"
+    );
+}
