@@ -114,6 +114,7 @@ impl Admin {
 
     fn backends(&self) -> Response<Full<Bytes>> {
         let snap = self.state.load();
+        let now = std::time::Instant::now();
         let pools: Vec<_> = snap
             .pools
             .iter()
@@ -122,10 +123,12 @@ impl Admin {
                     .pool
                     .backends
                     .iter()
-                    .map(|b| {
+                    .enumerate()
+                    .map(|(i, b)| {
                         json!({
                             "address": b.addr().to_string(),
                             "weight": b.weight,
+                            "effective_weight": (p.pool.effective_weight(i, now) * 100.0).round() / 100.0,
                             "region": b.region.as_deref(),
                             "inflight": b.state.inflight(),
                             "usable": b.is_usable(),
@@ -134,7 +137,8 @@ impl Admin {
                     .collect();
                 json!({
                     "name": &*p.pool.name,
-                    "strategy": p.strategy.as_str(),
+                    "strategy": p.pool.kind.as_str(),
+                    "slow_start": p.pool.slow_start.map(|d| humantime::format_duration(d).to_string()),
                     "backends": backends,
                 })
             })

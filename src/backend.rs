@@ -3,8 +3,9 @@
 //! metric handles, shared by address between snapshots).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use metrics::{Gauge, Histogram, Label};
@@ -16,6 +17,11 @@ pub struct BackendState {
     /// Backend address.
     pub addr: SocketAddr,
     inflight: AtomicU64,
+    /// Health as last decided by the health checker (true without checks).
+    healthy: AtomicBool,
+    /// When the backend last became usable, as nanoseconds after [`epoch`] plus one; 0 means
+    /// "since before anything was measured" (not ramping).
+    usable_since: AtomicU64,
     inflight_gauge: Gauge,
     /// `sandgate_upstream_requests_total{pool,backend,code}`.
     pub upstream_requests: CodeCounters,
@@ -33,6 +39,8 @@ impl BackendState {
         Self {
             addr,
             inflight: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            usable_since: AtomicU64::new(0),
             inflight_gauge: metrics::gauge!(BACKEND_INFLIGHT, labels.clone()),
             upstream_requests: CodeCounters::new(UPSTREAM_REQUESTS_TOTAL, labels.clone()),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION, labels),
@@ -44,12 +52,60 @@ impl BackendState {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Whether the backend is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Sets health; returns the previous value. Becoming healthy starts slow start.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if healthy && !was {
+            self.mark_usable_now();
+        }
+        was
+    }
+
+    /// Starts slow start now: the backend was just added or just became usable again.
+    pub fn mark_usable_now(&self) {
+        self.mark_usable_at(Instant::now());
+    }
+
+    /// Starts slow start at `at`.
+    pub fn mark_usable_at(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(epoch()).as_nanos();
+        self.usable_since.store(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Share of its weight the backend gets at `now` under a `window`-long slow start.
+    #[inline]
+    pub fn ramp_share(&self, now: Instant, window: Duration) -> f64 {
+        match self.usable_since.load(Ordering::Relaxed) {
+            0 => 1.0,
+            since => {
+                let elapsed = now
+                    .saturating_duration_since(epoch())
+                    .saturating_sub(Duration::from_nanos(since - 1));
+                crate::balance::ramp(elapsed, window)
+            }
+        }
+    }
+
     /// Counts one request in flight until the guard drops.
     pub fn acquire(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.inflight_gauge.increment(1.0);
         InflightGuard(Arc::clone(self))
     }
+}
+
+/// Reference point for `usable_since` timestamps.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// Holds one in-flight slot of a backend; released on drop (when the response body ends or the
@@ -76,13 +132,32 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A backend of `pool` at `addr` with fresh state.
+    pub fn new(pool: &str, addr: SocketAddr, weight: u32, region: Option<&str>) -> Self {
+        Self::with_state(Arc::new(BackendState::new(pool, addr)), weight, region)
+    }
+
+    /// A backend around existing (carried-over) state.
+    pub fn with_state(state: Arc<BackendState>, weight: u32, region: Option<&str>) -> Self {
+        // A SocketAddr always renders as a valid authority.
+        let authority = Authority::try_from(state.addr.to_string().as_str())
+            .unwrap_or_else(|_| Authority::from_static("0.0.0.0:0"));
+        Self {
+            authority,
+            weight,
+            region: region.map(Arc::from),
+            state,
+        }
+    }
+
     /// Address of the backend.
     pub fn addr(&self) -> SocketAddr {
         self.state.addr
     }
 
     /// Whether selection may pick this backend now. Health checks and breakers plug in here.
+    #[inline]
     pub fn is_usable(&self) -> bool {
-        true
+        self.state.is_healthy()
     }
 }

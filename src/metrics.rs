@@ -27,6 +27,11 @@ pub const CONFIG_RELOADS_TOTAL: &str = "sandgate_config_reloads_total";
 /// `sandgate_config_generation`
 pub const CONFIG_GENERATION: &str = "sandgate_config_generation";
 
+/// `sandgate_affinity_total{pool,result}`
+pub const AFFINITY_TOTAL: &str = "sandgate_affinity_total";
+/// `sandgate_geo_decisions_total{pool,result}`
+pub const GEO_DECISIONS_TOTAL: &str = "sandgate_geo_decisions_total";
+
 /// Histogram buckets (seconds) for request and upstream durations.
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

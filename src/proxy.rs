@@ -51,6 +51,7 @@ pub struct ConnCtx {
 struct Outcome<'a> {
     route: Option<usize>,
     backend: Option<&'a Backend>,
+    decision: Option<&'static str>,
     error: Option<&'static str>,
 }
 
@@ -62,7 +63,7 @@ pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
 
-    let (resp, outcome) = forward(&snap, &ctx.conn, req, &request_id).await;
+    let (resp, outcome) = forward(&snap, &ctx.conn, req, &request_id, start).await;
     let mut resp = match resp {
         Ok(r) => r,
         Err(e) => error_response(&e, &request_id),
@@ -89,6 +90,7 @@ pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody
         status = status.as_u16(),
         route,
         backend,
+        decision = outcome.decision.unwrap_or("-"),
         error = outcome.error.unwrap_or("-"),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
@@ -105,10 +107,12 @@ async fn forward<'s>(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    start: Instant,
 ) -> (Result<Response<ProxyBody>, ProxyError>, Outcome<'s>) {
     let mut outcome = Outcome {
         route: None,
         backend: None,
+        decision: None,
         error: None,
     };
     macro_rules! fail {
@@ -152,11 +156,16 @@ async fn forward<'s>(
     let ctx = PickCtx {
         client_ip: conn.peer.ip(),
         headers: &parts.headers,
+        query: parts.uri.query(),
+        tls: conn.tls,
+        now: start,
     };
-    let Some(backend) = entry.pool.select(&ctx) else {
+    let Some(pick) = entry.pool.select(&ctx, &[]) else {
         fail!(ProxyError::NoBackend(entry.pool.name.to_string()))
     };
+    let backend = pick.backend;
     outcome.backend = Some(backend);
+    outcome.decision = pick.decision;
 
     // forward
     let mut uri = http::uri::Parts::default();
@@ -224,6 +233,9 @@ async fn forward<'s>(
     let (mut rparts, rbody) = resp.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
     rparts.headers.append(header::VIA, VIA_VALUE.clone());
+    if let Some(c) = pick.set_cookie {
+        rparts.headers.append(header::SET_COOKIE, c);
+    }
     if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Upgrades are not proxied yet: the Upgrade header was stripped on the way in.
         fail!(ProxyError::Upstream(

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Histogram, Label};
@@ -15,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::{Backend, BackendState};
 use crate::balance::Pool;
-use crate::config::{Config, LimitsConfig, RuntimeConfig, StrategyKind, Timeouts};
+use crate::config::{Config, LimitsConfig, RuntimeConfig, Timeouts};
 use crate::metrics::{CodeCounters, REQUESTS_TOTAL, REQUEST_DURATION};
 use crate::router::Router;
 use crate::tls;
@@ -38,8 +37,6 @@ pub struct RouteStats {
 pub struct PoolEntry {
     /// Backends and strategy.
     pub pool: Pool,
-    /// Configured strategy (for the admin API).
-    pub strategy: StrategyKind,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Pooled client.
@@ -112,25 +109,23 @@ impl Snapshot {
                 .backends
                 .iter()
                 .map(|bc| {
-                    let state = prior
-                        .get(&(pc.name.as_str(), bc.address))
-                        .map(|s| Arc::clone(s))
-                        .unwrap_or_else(|| Arc::new(BackendState::new(&pc.name, bc.address)));
-                    let authority =
-                        Authority::try_from(bc.address.to_string().as_str()).map_err(|e| {
-                            format!("pools.{}: bad address {}: {e}", pc.name, bc.address)
-                        })?;
-                    Ok(Backend {
-                        authority,
-                        weight: bc.weight,
-                        region: bc.region.as_deref().map(Arc::from),
-                        state,
-                    })
+                    let state = match prior.get(&(pc.name.as_str(), bc.address)) {
+                        Some(s) => Arc::clone(s),
+                        None => {
+                            let s = Arc::new(BackendState::new(&pc.name, bc.address));
+                            // Added by a reload: ramp up under slow start. Backends present
+                            // at start-up begin at full weight.
+                            if old.is_some() {
+                                s.mark_usable_now();
+                            }
+                            s
+                        }
+                    };
+                    Backend::with_state(state, bc.weight, bc.region.as_deref())
                 })
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Vec<_>>();
             pools.push(PoolEntry {
-                pool: Pool::new(Arc::from(pc.name.as_str()), pc.strategy, backends),
-                strategy: pc.strategy,
+                pool: Pool::new(pc, backends),
                 timeouts: pc.timeouts,
                 client: upstreams.client_for(&pc.timeouts),
             });

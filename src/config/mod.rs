@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use raw::StrategyKind;
+pub use raw::{BasicStrategy, OnUnusable, StrategyKind};
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -120,6 +120,99 @@ pub struct PoolConfig {
     pub timeouts: Timeouts,
     /// Backends in file order.
     pub backends: Vec<BackendConfig>,
+    /// Slow-start window, if any.
+    pub slow_start: Option<Duration>,
+    /// Affinity settings (strategy `affinity`).
+    pub affinity: Option<AffinityConfig>,
+    /// Geo settings (strategy `geo`).
+    pub geo: Option<GeoConfig>,
+}
+
+/// Where an affinity key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AffinityKey {
+    /// A request header.
+    Header(HeaderName),
+    /// An application cookie.
+    Cookie(String),
+    /// A query parameter.
+    Query(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+/// `affinity`.
+#[derive(Debug, Clone)]
+pub struct AffinityConfig {
+    /// Key to hash, if any.
+    pub key: Option<AffinityKey>,
+    /// Strategy for requests without a key or cookie.
+    pub fallback: BasicStrategy,
+    /// sandgate's sticky cookie.
+    pub cookie: Option<CookieConfig>,
+    /// Repin or strict.
+    pub on_unusable: OnUnusable,
+    /// Bounded-load factor c.
+    pub bounded_load: Option<f64>,
+}
+
+/// `affinity.cookie`.
+#[derive(Clone)]
+pub struct CookieConfig {
+    /// Cookie name.
+    pub name: String,
+    /// Lifetime.
+    pub max_age: Duration,
+    /// Sealing key (never logged).
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for CookieConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CookieConfig")
+            .field("name", &self.name)
+            .field("max_age", &self.max_age)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An opened MaxMind database.
+#[derive(Clone)]
+pub struct Mmdb(pub std::sync::Arc<maxminddb::Reader<Vec<u8>>>);
+
+impl fmt::Debug for Mmdb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Mmdb")
+    }
+}
+
+/// One source of the client's region.
+#[derive(Debug, Clone)]
+pub enum RegionSource {
+    /// A header, trusted from trusted proxies only.
+    Header(HeaderName),
+    /// CIDR -> region, longest prefix first.
+    Cidr(Vec<(ipnet::IpNet, String)>),
+    /// Country database.
+    Mmdb(Mmdb),
+}
+
+/// `geo`.
+#[derive(Debug, Clone)]
+pub struct GeoConfig {
+    /// Region sources in order.
+    pub sources: Vec<RegionSource>,
+    /// Country code -> region.
+    pub countries: std::collections::HashMap<String, String>,
+    /// Trusted peers.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Region -> failover regions in order.
+    pub failover: std::collections::HashMap<String, Vec<String>>,
+    /// Strategy within a region.
+    pub within_region: BasicStrategy,
+    /// Region for clients whose region is unknown.
+    pub default_region: Option<String>,
 }
 
 /// One backend of a pool.

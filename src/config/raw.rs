@@ -133,6 +133,37 @@ pub enum StrategyKind {
     RoundRobin,
     /// Smooth weighted round-robin (nginx's algorithm).
     Weighted,
+    /// Fewest in-flight requests relative to weight.
+    LeastConnections,
+    /// Client's region first, then failover regions, then anywhere.
+    Geo,
+    /// Session affinity: sticky cookie and/or rendezvous hash of a request key.
+    Affinity,
+}
+
+/// A strategy that needs no extra configuration; used for `affinity.fallback` and
+/// `geo.within_region`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BasicStrategy {
+    /// Exact rotation.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round-robin.
+    Weighted,
+    /// Fewest in-flight requests relative to weight.
+    LeastConnections,
+}
+
+/// What affinity does when the pinned backend cannot take the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnusable {
+    /// Move the session to the next backend (and re-issue the cookie).
+    #[default]
+    Repin,
+    /// Answer 503 rather than move the session.
+    Strict,
 }
 
 impl StrategyKind {
@@ -141,6 +172,9 @@ impl StrategyKind {
         match self {
             StrategyKind::RoundRobin => "round_robin",
             StrategyKind::Weighted => "weighted",
+            StrategyKind::LeastConnections => "least_connections",
+            StrategyKind::Geo => "geo",
+            StrategyKind::Affinity => "affinity",
         }
     }
 }
@@ -158,6 +192,88 @@ pub struct RawPool {
     /// The pool's backends.
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+    /// Ramp a new or recovered backend from a small share to its full weight over this time.
+    #[serde(default)]
+    pub slow_start: Option<String>,
+    /// Settings of the `affinity` strategy.
+    #[serde(default)]
+    pub affinity: Option<RawAffinity>,
+    /// Settings of the `geo` strategy.
+    #[serde(default)]
+    pub geo: Option<RawGeo>,
+}
+
+/// `pools.NAME.affinity`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinity {
+    /// `header:NAME`, `cookie:NAME`, `query:NAME` or `client_ip`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Strategy for requests without a key (and without a valid sticky cookie).
+    #[serde(default)]
+    pub fallback: BasicStrategy,
+    /// sandgate's own sticky cookie.
+    #[serde(default)]
+    pub cookie: Option<RawAffinityCookie>,
+    /// `repin` (default) or `strict`.
+    #[serde(default)]
+    pub on_unusable: OnUnusable,
+    /// Consistent hashing with bounded loads: the factor c (>= 1).
+    #[serde(default)]
+    pub bounded_load: Option<f64>,
+}
+
+/// `pools.NAME.affinity.cookie`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinityCookie {
+    /// Cookie name.
+    pub name: String,
+    /// Cookie lifetime (Max-Age and the sealed expiry), default 1h.
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// File holding the sealing key (at least 32 bytes).
+    pub secret_file: String,
+}
+
+/// `pools.NAME.geo`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeo {
+    /// Sources of the client's region, tried in order.
+    #[serde(default)]
+    pub client_region: Vec<RawRegionSource>,
+    /// ISO country code -> region, for the mmdb source.
+    #[serde(default)]
+    pub countries: BTreeMap<String, String>,
+    /// Peers whose region header (and X-Forwarded-For) are trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Region -> regions to try next, in order.
+    #[serde(default)]
+    pub failover: BTreeMap<String, Vec<String>>,
+    /// Strategy among the backends of one region.
+    #[serde(default)]
+    pub within_region: BasicStrategy,
+    /// Region assumed for clients whose region is unknown.
+    #[serde(default)]
+    pub default_region: Option<String>,
+}
+
+/// One entry of `geo.client_region`: exactly one of the fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegionSource {
+    /// A request header naming the region (trusted from `trusted_proxies` only).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// CIDR -> region.
+    #[serde(default)]
+    pub cidr: Option<BTreeMap<String, String>>,
+    /// A MaxMind country database; its country code maps to a region through `countries`.
+    #[serde(default)]
+    pub mmdb: Option<String>,
 }
 
 /// `pools.NAME.timeouts`.

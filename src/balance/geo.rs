@@ -1,0 +1,228 @@
+//! Geographic routing: the client's region first, then its failover regions in order, then
+//! any usable backend. Within a region a basic strategy picks. The client's region comes from
+//! the first `client_region` source that yields one: a header (trusted only from
+//! `trusted_proxies`), a CIDR table, or a MaxMind country database mapped through
+//! `countries`. Clients with no known region use `default_region`, else every backend.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use metrics::Counter;
+
+use super::{Basic, Env, PickCtx};
+use crate::backend::Backend;
+use crate::config::{GeoConfig, RegionSource};
+use crate::metrics::GEO_DECISIONS_TOTAL;
+
+struct Group {
+    members: Box<[u32]>,
+    basic: Basic,
+}
+
+/// How a geo decision was made (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeoResult {
+    /// In the client's region.
+    Local,
+    /// In one of its failover regions.
+    Failover,
+    /// Anywhere, after the region and its failovers had nothing usable.
+    Any,
+    /// The client's region is unknown.
+    Unknown,
+}
+
+/// Geo strategy state for one pool.
+pub struct Geo {
+    cfg: GeoConfig,
+    /// One group per region that has backends.
+    groups: Vec<Group>,
+    /// Region name -> group indices to try, in order (own region first, then failovers).
+    order: HashMap<String, Vec<usize>>,
+    /// Region name -> its own group.
+    own: HashMap<String, usize>,
+    /// Every backend.
+    all: Group,
+    counters: [Counter; 4],
+}
+
+fn xff_client<'a>(ctx: &'a PickCtx<'a>, trusted: &[ipnet::IpNet]) -> IpAddr {
+    // Behind trusted proxies, the client is the right-most X-Forwarded-For entry that is not
+    // itself a trusted proxy.
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&ctx.client_ip) {
+        return ctx.client_ip;
+    }
+    ctx.headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .rev()
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(ctx.client_ip)
+}
+
+impl Geo {
+    /// Builds the region groups for `backends`.
+    pub fn new(pool: &str, cfg: &GeoConfig, backends: &[Backend]) -> Self {
+        let within = cfg.within_region;
+        let mut by_region: Vec<(String, Vec<u32>)> = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            if let Some(r) = b.region.as_deref() {
+                match by_region.iter_mut().find(|(n, _)| n == r) {
+                    Some((_, v)) => v.push(i as u32),
+                    None => by_region.push((r.to_owned(), vec![i as u32])),
+                }
+            }
+        }
+        let index: HashMap<&str, usize> = by_region
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.as_str(), i))
+            .collect();
+        let mut order = HashMap::new();
+        let mut names: Vec<&str> = index.keys().copied().collect();
+        names.extend(cfg.failover.keys().map(String::as_str));
+        for name in names {
+            let mut v = Vec::new();
+            for r in std::iter::once(name).chain(
+                cfg.failover
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            ) {
+                if let Some(&g) = index.get(r) {
+                    if !v.contains(&g) {
+                        v.push(g);
+                    }
+                }
+            }
+            order.insert(name.to_owned(), v);
+        }
+        let own = index.iter().map(|(n, g)| ((*n).to_owned(), *g)).collect();
+        let groups = by_region
+            .iter()
+            .map(|(_, m)| Group {
+                basic: Basic::new(within, m, backends),
+                members: m.clone().into_boxed_slice(),
+            })
+            .collect();
+        let all: Box<[u32]> = (0..backends.len() as u32).collect();
+        let counter = |r: &'static str| metrics::counter!(GEO_DECISIONS_TOTAL, "pool" => pool.to_owned(), "result" => r);
+        Self {
+            cfg: cfg.clone(),
+            groups,
+            order,
+            own,
+            all: Group {
+                basic: Basic::new(within, &all, backends),
+                members: all,
+            },
+            counters: [
+                counter("local"),
+                counter("failover"),
+                counter("any"),
+                counter("unknown"),
+            ],
+        }
+    }
+
+    /// The client's region, from the first source that yields one.
+    pub fn client_region<'c>(&'c self, ctx: &'c PickCtx<'c>) -> Option<Cow<'c, str>> {
+        let peer_trusted = self
+            .cfg
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&ctx.client_ip));
+        for src in &self.cfg.sources {
+            match src {
+                RegionSource::Header(h) => {
+                    if peer_trusted {
+                        if let Some(v) = ctx.headers.get(h).and_then(|v| v.to_str().ok()) {
+                            let v = v.trim();
+                            if !v.is_empty() {
+                                return Some(Cow::Borrowed(v));
+                            }
+                        }
+                    }
+                }
+                RegionSource::Cidr(table) => {
+                    let ip = xff_client(ctx, &self.cfg.trusted_proxies);
+                    if let Some((_, r)) = table.iter().find(|(n, _)| n.contains(&ip)) {
+                        return Some(Cow::Borrowed(r));
+                    }
+                }
+                RegionSource::Mmdb(db) => {
+                    let ip = xff_client(ctx, &self.cfg.trusted_proxies);
+                    let country =
+                        db.0.lookup::<maxminddb::geoip2::Country>(ip)
+                            .ok()
+                            .and_then(|c| {
+                                c.country
+                                    .and_then(|c| c.iso_code.map(str::to_ascii_uppercase))
+                            });
+                    if let Some(r) = country.and_then(|c| self.cfg.countries.get(&c)) {
+                        return Some(Cow::Borrowed(r));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Picks a backend and says how.
+    pub fn decide(&self, env: &Env<'_>, ctx: &PickCtx<'_>) -> Option<(usize, GeoResult)> {
+        let region = self.client_region(ctx);
+        let known = region.is_some();
+        let region = region.or_else(|| self.cfg.default_region.as_deref().map(Cow::Borrowed));
+        if let Some(order) = region.as_deref().and_then(|r| self.order.get(r)) {
+            for (k, &g) in order.iter().enumerate() {
+                let group = &self.groups[g];
+                if let Some(i) = group.basic.select(&group.members, env) {
+                    let result = match (known, k) {
+                        (false, _) => GeoResult::Unknown,
+                        (true, 0)
+                            if region.as_deref().and_then(|r| self.own.get(r)) == Some(&g) =>
+                        {
+                            GeoResult::Local
+                        }
+                        _ => GeoResult::Failover,
+                    };
+                    return Some((i, result));
+                }
+            }
+        }
+        let i = self.all.basic.select(&self.all.members, env)?;
+        Some((
+            i,
+            if known {
+                GeoResult::Any
+            } else {
+                GeoResult::Unknown
+            },
+        ))
+    }
+
+    /// Picks a backend, counting the decision.
+    pub fn select(&self, env: &Env<'_>, ctx: &PickCtx<'_>) -> Option<(usize, &'static str)> {
+        let (i, result) = self.decide(env, ctx)?;
+        self.counters[result as usize].increment(1);
+        Some((i, result.as_str()))
+    }
+}
+
+impl GeoResult {
+    /// The `result` label and access-log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GeoResult::Local => "geo:local",
+            GeoResult::Failover => "geo:failover",
+            GeoResult::Any => "geo:any",
+            GeoResult::Unknown => "geo:unknown",
+        }
+    }
+}
