@@ -16,9 +16,11 @@ pub struct LeastConn {
     next: AtomicUsize,
 }
 
+/// (in-flight + 1) / weight: counting the request being placed makes weights (and slow
+/// start) matter even when every backend is idle.
 #[inline]
 fn load(env: &Env<'_>, i: usize) -> f64 {
-    env.backends[i].state.inflight() as f64 / env.effective_weight(i).max(f64::MIN_POSITIVE)
+    (env.backends[i].state.inflight() + 1) as f64 / env.effective_weight(i).max(f64::MIN_POSITIVE)
 }
 
 impl LeastConn {
