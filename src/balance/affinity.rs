@@ -5,6 +5,8 @@
 //!   fixed seed: the same key reaches the same backend across reloads, restarts and separate
 //!   sandgate instances, with no shared state. Removing a backend moves only its keys; adding
 //!   one moves about 1/n. Weights, when they differ, scale scores as in weighted rendezvous.
+//!   Keys are first reduced to one of 65536 fixed slots (the slot is what is hashed), so
+//!   mid-sized pools can cache each slot's first choice.
 //! - **Fallback order**: when the key's backend is unusable, the next backend in the key's
 //!   own hash order takes it (stable, so a session lands in the same place every time), or
 //!   with `on_unusable: strict` the request gets 503.
@@ -67,6 +69,24 @@ pub fn rendezvous_order(key: u64, addr_hashes: &[u64], weights: Option<&[f64]>) 
     v.into_iter().map(|(_, _, i)| i).collect()
 }
 
+/// The best-ranked index for `key` (the first of [`rendezvous_order`]), without sorting.
+fn top_of(key: u64, addr_hashes: &[u64], weights: Option<&[f64]>) -> usize {
+    let score = |i: usize| {
+        let x = fmix64(key ^ addr_hashes[i]);
+        (weights.map_or(0.0, |w| weighted_score(x, w[i])), x)
+    };
+    let mut top = 0;
+    let mut best = score(0);
+    for i in 1..addr_hashes.len() {
+        let s = score(i);
+        if s.0 > best.0 || (s.0 == best.0 && s.1 > best.1) {
+            best = s;
+            top = i;
+        }
+    }
+    top
+}
+
 /// Weighted rendezvous score: w / -ln(u), u uniform in (0,1) from the hash.
 #[inline]
 fn weighted_score(x: u64, w: f64) -> f64 {
@@ -74,8 +94,20 @@ fn weighted_score(x: u64, w: f64) -> f64 {
     w / -u.ln()
 }
 
+/// Keys are reduced to one of this many slots, and the slot number is the rendezvous key.
+/// The count never depends on the pool, so adding or removing backends moves only the slots
+/// whose winner changes (and 65536 slots keep shares within a few percent at 1000 backends).
+const SLOTS: u64 = 1 << 16;
+/// Pools from this size up to [`TABLE_MAX`] cache each slot's first choice, so the common
+/// case is one table read instead of n scores.
+const TABLE_MIN: usize = 9;
+/// Largest pool that gets a slot table (its build costs SLOTS × backends scores).
+const TABLE_MAX: usize = 128;
+
 /// Affinity state of one pool.
 pub struct Affinity {
+    /// Cached first choice per slot, for mid-sized pools.
+    table: Option<Box<[u32]>>,
     cfg: AffinityConfig,
     fallback: Basic,
     addr_hashes: Box<[u64]>,
@@ -142,7 +174,14 @@ impl Affinity {
             (key, ids)
         });
         let counter = |r: &'static str| metrics::counter!(AFFINITY_TOTAL, "pool" => pool.to_owned(), "result" => r);
+        let addr_hashes: Box<[u64]> = addr_hashes;
+        let table = (TABLE_MIN..=TABLE_MAX).contains(&backends.len()).then(|| {
+            (0..SLOTS)
+                .map(|slot| top_of(slot, &addr_hashes, weights.as_deref()) as u32)
+                .collect()
+        });
         Self {
+            table,
             cfg: cfg.clone(),
             fallback: Basic::new(cfg.fallback, &members, backends),
             addr_hashes,
@@ -227,17 +266,6 @@ impl Affinity {
         }
     }
 
-    #[inline]
-    fn score(&self, key: u64, i: usize) -> (f64, u64) {
-        let x = fmix64(key ^ self.addr_hashes[i]);
-        (
-            self.weights
-                .as_ref()
-                .map_or(0.0, |w| weighted_score(x, w[i])),
-            x,
-        )
-    }
-
     /// The key's backend along its hash order. `honor_strict`: whether `strict` applies
     /// (not when re-pinning a stale cookie, which is already a move).
     fn by_hash(&self, key: u64, env: &Env<'_>, honor_strict: bool) -> Option<(usize, Outcome)> {
@@ -250,16 +278,12 @@ impl Affinity {
             ((c * (total + 1) as f64) / n as f64).ceil() as u64
         });
         let fits = |i: usize| bound.is_none_or(|b| env.backends[i].state.inflight() < b);
-        // Fast path: the top-scoring backend, found in one pass without allocating.
-        let mut top = 0;
-        let mut best = self.score(key, 0);
-        for i in 1..n {
-            let s = self.score(key, i);
-            if s.0 > best.0 || (s.0 == best.0 && s.1 > best.1) {
-                best = s;
-                top = i;
-            }
-        }
+        // Fast path: the top-scoring backend, from the table or one pass without allocating.
+        let key = key % SLOTS;
+        let top = match &self.table {
+            Some(t) => t[key as usize] as usize,
+            None => top_of(key, &self.addr_hashes, self.weights.as_deref()),
+        };
         if env.usable(top) && fits(top) {
             return Some((top, Outcome::Hit));
         }
