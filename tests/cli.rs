@@ -105,9 +105,10 @@ fn check_fails_on_a_missing_file() {
 
 #[test]
 fn config_example_passes_check() {
-    // The example names certificates under /etc/sandgate/tls; generate them in a temp dir
-    // and point the example there, changing nothing else.
+    // The example names files under /etc/sandgate (certificates, the cookie key); create them
+    // in a temp dir and point the example there, changing nothing else.
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tls")).unwrap();
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"))
             .unwrap();
@@ -116,9 +117,9 @@ fn config_example_passes_check() {
         if example.contains(&format!("/etc/sandgate/tls/{name}.pem")) {
             let ck =
                 rcgen::generate_simple_self_signed(vec![format!("{name}.example.com")]).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.pem")), ck.cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("tls/{name}.pem")), ck.cert.pem()).unwrap();
             std::fs::write(
-                dir.path().join(format!("{name}.key")),
+                dir.path().join(format!("tls/{name}.key")),
                 ck.key_pair.serialize_pem(),
             )
             .unwrap();
@@ -126,7 +127,13 @@ fn config_example_passes_check() {
         }
     }
     assert_eq!(n, 2, "the example should show SNI with two certificates");
-    let yaml = example.replace("/etc/sandgate/tls/", &format!("{}/", dir.path().display()));
+    assert!(example.contains("/etc/sandgate/cookie.key"));
+    std::fs::write(
+        dir.path().join("cookie.key"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let yaml = example.replace("/etc/sandgate/", &format!("{}/", dir.path().display()));
     let (code, out, err) = check(&yaml);
     assert_eq!(code, 0, "config.example.yaml failed check:\n{err}");
     assert_eq!(out.trim(), "ok");
