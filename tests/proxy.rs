@@ -161,34 +161,12 @@ async fn rewrites_forwarding_and_hop_by_hop_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_stream_reaches_the_client_chunk_by_chunk() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let r = Arc::clone(&release);
-    let backend = spawn_backend(move |_req| {
-        let r = Arc::clone(&r);
-        Box::pin(async move {
-            let (tx, body) = channel_body();
-            tokio::spawn(async move {
-                tx.send(Bytes::from_static(b"first\n")).await.ok();
-                r.notified().await;
-                tx.send(Bytes::from_static(b"second\n")).await.ok();
-            });
-            Response::new(body)
-        })
-    })
-    .await;
+    let backend = held_backend("first\n", "second\n", Arc::clone(&release)).await;
     let proxy = spawn_proxy(&basic_config(&format!(
         "    backends: [{{ address: {} }}]\n",
         backend.addr
     )));
-    let resp = client()
-        .request(
-            Request::get(proxy.url("public", "/stream"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
+    let mut body = open_stream(&proxy.url("public", "/stream")).await;
     // The first chunk arrives while the backend is still holding the second one back.
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
@@ -408,32 +386,12 @@ async fn access_log_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflight_counts_until_the_body_ends() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let r = Arc::clone(&release);
-    let backend = spawn_backend(move |_req| {
-        let r = Arc::clone(&r);
-        Box::pin(async move {
-            let (tx, body) = channel_body();
-            tokio::spawn(async move {
-                tx.send(Bytes::from_static(b"head")).await.ok();
-                r.notified().await;
-            });
-            Response::new(body)
-        })
-    })
-    .await;
+    let backend = held_backend("head", "", Arc::clone(&release)).await;
     let proxy = spawn_proxy(&basic_config(&format!(
         "    backends: [{{ address: {} }}]\n",
         backend.addr
     )));
-    let resp = client()
-        .request(
-            Request::get(proxy.url("public", "/"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut body = resp.into_body();
+    let mut body = open_stream(&proxy.url("public", "/")).await;
     body.frame().await.unwrap().unwrap();
     let inflight = || async {
         get(&proxy.admin_url("/admin/backends")).await.json()["pools"][0]["backends"][0]["inflight"]

@@ -6,9 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::BodyExt;
 
 fn one_pool(addr: std::net::SocketAddr) -> String {
@@ -91,39 +90,13 @@ async fn listener_change_needs_restart_but_the_rest_applies() {
     assert_eq!(get(&proxy.url("public", "/")).await.text(), "b");
 }
 
-/// A backend whose responses wait for `release` before their body ends.
-async fn held_backend(name: &'static str, release: Arc<tokio::sync::Notify>) -> Backend {
-    spawn_backend(move |_req| {
-        let r = Arc::clone(&release);
-        Box::pin(async move {
-            let (tx, body) = channel_body();
-            tokio::spawn(async move {
-                tx.send(Bytes::from_static(b"start;")).await.ok();
-                r.notified().await;
-                tx.send(Bytes::from(name)).await.ok();
-            });
-            Response::new(body)
-        })
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_in_flight_across_a_reload_completes() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let slow = held_backend("old", Arc::clone(&release)).await;
+    let slow = held_backend("start;", "old", Arc::clone(&release)).await;
     let fresh = named_backend("new").await;
     let proxy = spawn_proxy(&one_pool(slow.addr));
-    let resp = client()
-        .request(
-            Request::get(proxy.url("public", "/"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
+    let mut body = open_stream(&proxy.url("public", "/")).await;
     assert_eq!(
         body.frame().await.unwrap().unwrap().into_data().unwrap(),
         "start;"
@@ -196,14 +169,10 @@ async fn no_request_fails_during_reloads_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let slow = held_backend("done", Arc::clone(&release)).await;
+    let slow = held_backend("start;", "done", Arc::clone(&release)).await;
     let mut proxy = spawn_proxy(&one_pool(slow.addr));
     let url = proxy.url("public", "/");
-    let resp = client()
-        .request(Request::get(&url).body(empty()).unwrap())
-        .await
-        .unwrap();
-    let mut body = resp.into_body();
+    let mut body = open_stream(&url).await;
     assert_eq!(
         body.frame().await.unwrap().unwrap().into_data().unwrap(),
         "start;"
@@ -242,19 +211,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_gives_up_after_shutdown_grace() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let slow = held_backend("never", Arc::clone(&release)).await;
+    let slow = held_backend("start;", "never", Arc::clone(&release)).await;
     let yaml =
         one_pool(slow.addr).replace("admin:\n", "runtime: { shutdown_grace: 300ms }\nadmin:\n");
     let mut proxy = spawn_proxy(&yaml);
-    let resp = client()
-        .request(
-            Request::get(proxy.url("public", "/"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let _body = resp.into_body();
+    let _body = open_stream(&proxy.url("public", "/")).await;
     proxy.signal("TERM");
     let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10)))
         .expect("exited within grace");

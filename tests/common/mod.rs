@@ -465,3 +465,37 @@ pub fn basic_config(pool_yaml: &str) -> String {
          routes:\n  - name: all\n    pool: p\npools:\n  p:\n{pool_yaml}"
     )
 }
+
+/// A backend whose responses send `first` at once, then wait for `release` before sending
+/// `rest` and ending: a response held open mid-body.
+pub async fn held_backend(
+    first: &'static str,
+    rest: &'static str,
+    release: Arc<tokio::sync::Notify>,
+) -> Backend {
+    spawn_backend(move |_req| {
+        let r = Arc::clone(&release);
+        Box::pin(async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                tx.send(Bytes::from(first)).await.ok();
+                r.notified().await;
+                if !rest.is_empty() {
+                    tx.send(Bytes::from(rest)).await.ok();
+                }
+            });
+            Response::new(body)
+        })
+    })
+    .await
+}
+
+/// GETs `url`, expects 200, and returns the still-streaming body.
+pub async fn open_stream(url: &str) -> Incoming {
+    let resp = client()
+        .request(Request::get(url).body(empty()).expect("request"))
+        .await
+        .expect("request failed");
+    assert_eq!(resp.status(), 200);
+    resp.into_body()
+}
