@@ -125,12 +125,26 @@ impl Admin {
                     .iter()
                     .enumerate()
                     .map(|(i, b)| {
+                        let (breaker, breaker_reason) = b.state.breaker_view(now);
+                        let healthy = b.state.is_healthy();
+                        let out = if !healthy {
+                            Some(format!(
+                                "unhealthy{}",
+                                b.state.last_check_error().map(|e| format!(": last check failed: {e}")).unwrap_or_default()
+                            ))
+                        } else {
+                            breaker_reason
+                        };
                         json!({
                             "address": b.addr().to_string(),
                             "weight": b.weight,
                             "effective_weight": (p.pool.effective_weight(i, now) * 100.0).round() / 100.0,
                             "region": b.region.as_deref(),
                             "inflight": b.state.inflight(),
+                            "max_connections": (b.max_connections > 0).then_some(b.max_connections),
+                            "healthy": healthy,
+                            "breaker": breaker,
+                            "out": out,
                             "usable": b.is_usable(),
                         })
                     })
@@ -139,6 +153,8 @@ impl Admin {
                     "name": &*p.pool.name,
                     "strategy": p.pool.kind.as_str(),
                     "slow_start": p.pool.slow_start.map(|d| humantime::format_duration(d).to_string()),
+                    "panic_mode": p.pool.in_panic(),
+                    "queue_depth": p.queue.depth(),
                     "backends": backends,
                 })
             })

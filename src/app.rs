@@ -13,6 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::Loaded;
+use crate::health;
+use crate::limit::Shedder;
 use crate::metrics::CONFIG_GENERATION;
 use crate::reload::{self, Reloader};
 use crate::server;
@@ -51,6 +53,7 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut background = Vec::new();
+    let shed = Arc::new(Shedder::default());
 
     for l in &cfg.listeners {
         let listener = TcpListener::bind(l.address)
@@ -62,6 +65,7 @@ pub async fn run(
             listener,
             Arc::from(l.name.as_str()),
             Arc::clone(&state),
+            Arc::clone(&shed),
             shutdown.clone(),
             tracker.clone(),
         )));
@@ -116,6 +120,8 @@ pub async fn run(
             }));
         }
     }
+
+    background.push(health::spawn(Arc::clone(&state), shutdown.clone()));
 
     sd_notify(sd_notify::NotifyState::Ready);
     tracing::info!(generation = state.load().generation, "sandgate ready");

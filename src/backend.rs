@@ -1,47 +1,112 @@
-//! A backend as the balancer sees it ([`Backend`]: address, weight, region from this config
-//! generation) and the state that outlives reloads ([`BackendState`]: in-flight count and
-//! metric handles, shared by address between snapshots).
+//! A backend as the balancer sees it ([`Backend`]: address, weight, region, cap from this
+//! config generation) and the state that outlives reloads ([`BackendState`]: in-flight count,
+//! health, circuit breaker, slow-start clock and metric handles, shared by pool and address
+//! between snapshots).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use metrics::{Gauge, Histogram, Label};
+use metrics::{Counter, Gauge, Histogram, Label};
 
-use crate::metrics::{CodeCounters, BACKEND_INFLIGHT, UPSTREAM_DURATION, UPSTREAM_REQUESTS_TOTAL};
+use crate::breaker::{Breaker, Permit, State};
+use crate::config::{BreakerConfig, Outcome};
+use crate::metrics::{
+    CodeCounters, BACKEND_HEALTHY, BACKEND_INFLIGHT, BACKEND_TRANSITIONS_TOTAL, BREAKER_STATE,
+    BREAKER_TRANSITIONS_TOTAL, HEALTH_CHECKS_TOTAL, UPSTREAM_DURATION, UPSTREAM_REQUESTS_TOTAL,
+};
+use crate::queue::WaitQueue;
+
+/// Metric handles of one backend.
+struct BackendMetrics {
+    inflight: Gauge,
+    healthy: Gauge,
+    checks_pass: Counter,
+    checks_fail: Counter,
+    to_healthy: Counter,
+    to_unhealthy: Counter,
+    breaker_state: Gauge,
+    breaker_to: [Counter; 3],
+}
 
 /// State of one backend of one pool that survives reloads.
 pub struct BackendState {
     /// Backend address.
     pub addr: SocketAddr,
+    /// Pool name (for logs).
+    pub pool: Arc<str>,
     inflight: AtomicU64,
     /// Health as last decided by the health checker (true without checks).
     healthy: AtomicBool,
+    /// Consecutive check results in the current direction (for rise/fall thresholds).
+    check_streak: AtomicU32,
     /// When the backend last became usable, as nanoseconds after [`epoch`] plus one; 0 means
     /// "since before anything was measured" (not ramping).
     usable_since: AtomicU64,
-    inflight_gauge: Gauge,
+    /// Mirror of the breaker's state (0 closed, 1 open, 2 half-open, 3 none), so that the
+    /// common case (closed or no breaker) needs no lock.
+    breaker_fast: AtomicU8,
+    // std Mutex: taken only when a breaker is configured, for a few field updates per
+    // response (and by selection only while the breaker is not closed); never across an await.
+    breaker: Mutex<Option<Breaker>>,
+    /// The pool's wait queue, for handing freed slots to waiters.
+    queue: Arc<WaitQueue>,
+    // std Mutex: written by the health checker on failed checks, read by the admin API.
+    last_check_error: Mutex<Option<String>>,
+    metrics: BackendMetrics,
     /// `sandgate_upstream_requests_total{pool,backend,code}`.
     pub upstream_requests: CodeCounters,
     /// `sandgate_upstream_duration_seconds{pool,backend}`.
     pub upstream_duration: Histogram,
 }
 
+const NO_BREAKER: u8 = 3;
+
+/// The breaker turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerOpen;
+
 impl BackendState {
-    /// Fresh state for `addr` in `pool`.
-    pub fn new(pool: &str, addr: SocketAddr) -> Self {
+    /// Fresh state for `addr` in `pool`, healthy or not as `healthy` says.
+    pub fn new(pool: &str, addr: SocketAddr, queue: Arc<WaitQueue>, healthy: bool) -> Self {
         let labels = vec![
             Label::new("pool", pool.to_owned()),
             Label::new("backend", addr.to_string()),
         ];
+        let with = |k: &'static str, v: &'static str| {
+            let mut l = labels.clone();
+            l.push(Label::new(k, v));
+            l
+        };
+        let metrics = BackendMetrics {
+            inflight: metrics::gauge!(BACKEND_INFLIGHT, labels.clone()),
+            healthy: metrics::gauge!(BACKEND_HEALTHY, labels.clone()),
+            checks_pass: metrics::counter!(HEALTH_CHECKS_TOTAL, with("result", "pass")),
+            checks_fail: metrics::counter!(HEALTH_CHECKS_TOTAL, with("result", "fail")),
+            to_healthy: metrics::counter!(BACKEND_TRANSITIONS_TOTAL, with("to", "healthy")),
+            to_unhealthy: metrics::counter!(BACKEND_TRANSITIONS_TOTAL, with("to", "unhealthy")),
+            breaker_state: metrics::gauge!(BREAKER_STATE, labels.clone()),
+            breaker_to: [
+                metrics::counter!(BREAKER_TRANSITIONS_TOTAL, with("to", "closed")),
+                metrics::counter!(BREAKER_TRANSITIONS_TOTAL, with("to", "open")),
+                metrics::counter!(BREAKER_TRANSITIONS_TOTAL, with("to", "half_open")),
+            ],
+        };
+        metrics.healthy.set(if healthy { 1.0 } else { 0.0 });
         Self {
             addr,
+            pool: Arc::from(pool),
             inflight: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
+            healthy: AtomicBool::new(healthy),
+            check_streak: AtomicU32::new(0),
             usable_since: AtomicU64::new(0),
-            inflight_gauge: metrics::gauge!(BACKEND_INFLIGHT, labels.clone()),
+            breaker_fast: AtomicU8::new(NO_BREAKER),
+            breaker: Mutex::new(None),
+            queue,
+            last_check_error: Mutex::new(None),
+            metrics,
             upstream_requests: CodeCounters::new(UPSTREAM_REQUESTS_TOTAL, labels.clone()),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION, labels),
         }
@@ -53,17 +118,141 @@ impl BackendState {
     }
 
     /// Whether the backend is healthy.
+    #[inline]
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Sets health; returns the previous value. Becoming healthy starts slow start.
+    /// Sets health; returns the previous value. Becoming healthy starts slow start. Counts and
+    /// logs flips.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let was = self.healthy.swap(healthy, Ordering::Relaxed);
-        if healthy && !was {
-            self.mark_usable_now();
+        if was != healthy {
+            self.metrics.healthy.set(if healthy { 1.0 } else { 0.0 });
+            if healthy {
+                self.metrics.to_healthy.increment(1);
+                self.mark_usable_now();
+            } else {
+                self.metrics.to_unhealthy.increment(1);
+            }
         }
         was
+    }
+
+    /// Records one health check result; returns `Some(new health)` when it flipped.
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+        if passed {
+            self.metrics.checks_pass.increment(1);
+        } else {
+            self.metrics.checks_fail.increment(1);
+        }
+        let healthy = self.is_healthy();
+        if passed == healthy {
+            // Result agrees with the state: no streak towards a flip.
+            self.check_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.check_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak >= if passed { rise } else { fall } {
+            self.check_streak.store(0, Ordering::Relaxed);
+            self.set_healthy(passed);
+            return Some(passed);
+        }
+        None
+    }
+
+    /// Remembers why the last health check failed (for the admin API).
+    pub fn set_last_check_error(&self, why: String) {
+        *self
+            .last_check_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why the last health check failed, if one did.
+    pub fn last_check_error(&self) -> Option<String> {
+        self.last_check_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs, updates or removes the breaker (on snapshot build).
+    pub fn configure_breaker(&self, cfg: Option<&BreakerConfig>) {
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        match (cfg, b.as_mut()) {
+            (None, _) => {
+                *b = None;
+                self.breaker_fast.store(NO_BREAKER, Ordering::Relaxed);
+            }
+            (Some(c), Some(existing)) => existing.reconfigure(c.clone()),
+            (Some(c), None) => {
+                *b = Some(Breaker::new(c.clone(), Instant::now()));
+                self.breaker_fast
+                    .store(State::Closed as u8, Ordering::Relaxed);
+                self.metrics.breaker_state.set(0.0);
+            }
+        }
+    }
+
+    /// Whether the breaker lets selection pick this backend at `now`.
+    #[inline]
+    pub fn breaker_available(&self, now: Instant) -> bool {
+        match self.breaker_fast.load(Ordering::Relaxed) {
+            NO_BREAKER | 0 => true,
+            _ => self
+                .breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(|b| b.available(now)),
+        }
+    }
+
+    /// Takes a breaker permit: `Ok(None)` without a breaker, `Err` when it rejects.
+    pub fn breaker_permit(&self, now: Instant) -> Result<Option<Permit>, BreakerOpen> {
+        if self.breaker_fast.load(Ordering::Relaxed) == NO_BREAKER {
+            return Ok(None);
+        }
+        let mut g = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = g.as_mut() else { return Ok(None) };
+        let (permit, moved) = b.acquire(now);
+        if let Some(s) = moved {
+            self.breaker_moved(s, b.describe(now));
+        }
+        permit.map(Some).ok_or(BreakerOpen)
+    }
+
+    /// Records an outcome against the breaker.
+    pub fn breaker_record(&self, permit: Permit, outcome: Outcome, now: Instant) {
+        let mut g = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = g.as_mut() {
+            if let Some(s) = b.record(permit, outcome, now) {
+                self.breaker_moved(s, b.describe(now));
+            }
+        }
+    }
+
+    fn breaker_moved(&self, s: State, why: Option<String>) {
+        self.breaker_fast.store(s as u8, Ordering::Relaxed);
+        self.metrics.breaker_state.set(f64::from(s as u8));
+        self.metrics.breaker_to[s as usize].increment(1);
+        tracing::warn!(
+            pool = &*self.pool,
+            backend = %self.addr,
+            to = s.as_str(),
+            reason = why.as_deref().unwrap_or("recovered"),
+            "circuit breaker changed state"
+        );
+    }
+
+    /// Breaker state and why the backend is out, for the admin API.
+    pub fn breaker_view(&self, now: Instant) -> (Option<&'static str>, Option<String>) {
+        let g = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            None => (None, None),
+            Some(b) => (Some(b.state(now).as_str()), b.describe(now)),
+        }
     }
 
     /// Starts slow start now: the backend was just added or just became usable again.
@@ -94,11 +283,36 @@ impl BackendState {
         }
     }
 
-    /// Counts one request in flight until the guard drops.
+    /// Counts one request in flight until the guard drops (no cap).
     pub fn acquire(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        self.inflight_gauge.increment(1.0);
+        self.metrics.inflight.increment(1.0);
         InflightGuard(Arc::clone(self))
+    }
+
+    /// Takes one of `cap` slots (0: unlimited), or None when all are taken.
+    pub fn try_acquire(self: &Arc<Self>, cap: u32) -> Option<InflightGuard> {
+        if cap == 0 {
+            return Some(self.acquire());
+        }
+        let mut cur = self.inflight.load(Ordering::Relaxed);
+        loop {
+            if cur >= u64::from(cap) {
+                return None;
+            }
+            match self.inflight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.metrics.inflight.increment(1.0);
+                    return Some(InflightGuard(Arc::clone(self)));
+                }
+                Err(now) => cur = now,
+            }
+        }
     }
 }
 
@@ -109,13 +323,29 @@ fn epoch() -> Instant {
 }
 
 /// Holds one in-flight slot of a backend; released on drop (when the response body ends or the
-/// client goes away).
+/// client goes away). If requests wait in the pool's queue, the slot is handed to the oldest
+/// one instead of being released, so a freed slot always goes to the longest waiter.
 pub struct InflightGuard(Arc<BackendState>);
+
+impl InflightGuard {
+    /// The backend this slot belongs to.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.0.inflight_gauge.decrement(1.0);
+        let s = &self.0;
+        if s.is_healthy() && s.queue.has_waiters() {
+            // Hand the slot over: the count stays as it is. If that waiter has just gone, the
+            // returned guard drops in turn and tries the next one.
+            if s.queue.hand_off(InflightGuard(Arc::clone(s))).is_ok() {
+                return;
+            }
+        }
+        s.inflight.fetch_sub(1, Ordering::Relaxed);
+        s.metrics.inflight.decrement(1.0);
     }
 }
 
@@ -127,18 +357,31 @@ pub struct Backend {
     pub weight: u32,
     /// Region label.
     pub region: Option<Arc<str>>,
+    /// Concurrency cap (0: none).
+    pub max_connections: u32,
     /// State shared across generations.
     pub state: Arc<BackendState>,
 }
 
 impl Backend {
-    /// A backend of `pool` at `addr` with fresh state.
+    /// A backend of `pool` at `addr` with fresh, healthy state and no cap.
     pub fn new(pool: &str, addr: SocketAddr, weight: u32, region: Option<&str>) -> Self {
-        Self::with_state(Arc::new(BackendState::new(pool, addr)), weight, region)
+        let state = Arc::new(BackendState::new(
+            pool,
+            addr,
+            Arc::new(WaitQueue::new(pool)),
+            true,
+        ));
+        Self::with_state(state, weight, region, 0)
     }
 
     /// A backend around existing (carried-over) state.
-    pub fn with_state(state: Arc<BackendState>, weight: u32, region: Option<&str>) -> Self {
+    pub fn with_state(
+        state: Arc<BackendState>,
+        weight: u32,
+        region: Option<&str>,
+        cap: u32,
+    ) -> Self {
         // A SocketAddr always renders as a valid authority.
         let authority = Authority::try_from(state.addr.to_string().as_str())
             .unwrap_or_else(|_| Authority::from_static("0.0.0.0:0"));
@@ -146,6 +389,7 @@ impl Backend {
             authority,
             weight,
             region: region.map(Arc::from),
+            max_connections: cap,
             state,
         }
     }
@@ -155,9 +399,15 @@ impl Backend {
         self.state.addr
     }
 
-    /// Whether selection may pick this backend now. Health checks and breakers plug in here.
+    /// Whether the backend has a free slot under its cap.
+    #[inline]
+    pub fn has_slot(&self) -> bool {
+        self.max_connections == 0 || self.state.inflight() < u64::from(self.max_connections)
+    }
+
+    /// Whether selection may pick this backend now: healthy, breaker not open, not full.
     #[inline]
     pub fn is_usable(&self) -> bool {
-        self.state.is_healthy()
+        self.state.is_healthy() && self.has_slot() && self.state.breaker_available(Instant::now())
     }
 }

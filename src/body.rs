@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::backend::InflightGuard;
+use crate::limit::InflightSlot;
 
 /// Body of a response to a client.
 pub enum ProxyBody {
@@ -19,6 +20,8 @@ pub enum ProxyBody {
         body: Incoming,
         /// Released when this body is dropped.
         guard: InflightGuard,
+        /// The global in-flight count, released with it.
+        slot: Option<InflightSlot>,
     },
     /// Written by sandgate (errors, admin); `None` once sent.
     Full(Option<Bytes>),

@@ -31,6 +31,18 @@ pub enum ProxyError {
     /// The backend broke the exchange (reset, malformed response).
     #[error("backend {0} failed: {1}")]
     Upstream(String, String),
+    /// The route's rate limit refused the request.
+    #[error("rate limit exceeded")]
+    RateLimited,
+    /// Every backend was busy and the pool's queue was full.
+    #[error("every backend in pool {0} is busy and its queue is full")]
+    QueueFull(String),
+    /// Every backend was busy and no slot came within the queue timeout.
+    #[error("no backend in pool {0} became free in time")]
+    QueueTimeout(String),
+    /// A global limit shed the request.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
 }
 
 impl ProxyError {
@@ -38,7 +50,11 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend(_)
+            | ProxyError::QueueFull(_)
+            | ProxyError::QueueTimeout(_)
+            | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -58,6 +74,10 @@ impl ProxyError {
             ProxyError::Connect(_) => "connect_error",
             ProxyError::Timeout(_) => "timeout",
             ProxyError::Upstream(..) => "upstream_error",
+            ProxyError::RateLimited => "rate_limited",
+            ProxyError::QueueFull(_) => "queue_full",
+            ProxyError::QueueTimeout(_) => "queue_timeout",
+            ProxyError::Overloaded(_) => "overloaded",
         }
     }
 

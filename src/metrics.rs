@@ -32,6 +32,33 @@ pub const AFFINITY_TOTAL: &str = "sandgate_affinity_total";
 /// `sandgate_geo_decisions_total{pool,result}`
 pub const GEO_DECISIONS_TOTAL: &str = "sandgate_geo_decisions_total";
 
+/// `sandgate_backend_healthy{pool,backend}` (0/1)
+pub const BACKEND_HEALTHY: &str = "sandgate_backend_healthy";
+/// `sandgate_health_checks_total{pool,backend,result}`
+pub const HEALTH_CHECKS_TOTAL: &str = "sandgate_health_checks_total";
+/// `sandgate_backend_transitions_total{pool,backend,to}`
+pub const BACKEND_TRANSITIONS_TOTAL: &str = "sandgate_backend_transitions_total";
+/// `sandgate_panic_mode{pool}` (0/1)
+pub const PANIC_MODE: &str = "sandgate_panic_mode";
+/// `sandgate_breaker_state{pool,backend}` (0 closed, 1 open, 2 half-open)
+pub const BREAKER_STATE: &str = "sandgate_breaker_state";
+/// `sandgate_breaker_transitions_total{pool,backend,to}`
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "sandgate_breaker_transitions_total";
+/// `sandgate_retries_total{pool,reason}`
+pub const RETRIES_TOTAL: &str = "sandgate_retries_total";
+/// `sandgate_retry_budget_exhausted_total{pool}`
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "sandgate_retry_budget_exhausted_total";
+/// `sandgate_queue_depth{pool}`
+pub const QUEUE_DEPTH: &str = "sandgate_queue_depth";
+/// `sandgate_queue_wait_seconds{pool}`
+pub const QUEUE_WAIT: &str = "sandgate_queue_wait_seconds";
+/// `sandgate_queue_rejected_total{pool,reason}`
+pub const QUEUE_REJECTED_TOTAL: &str = "sandgate_queue_rejected_total";
+/// `sandgate_rate_limited_total{route}`
+pub const RATE_LIMITED_TOTAL: &str = "sandgate_rate_limited_total";
+/// `sandgate_shed_total{reason}` (`connections`, `inflight`)
+pub const SHED_TOTAL: &str = "sandgate_shed_total";
+
 /// Histogram buckets (seconds) for request and upstream durations.
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -42,6 +69,8 @@ const DURATION_BUCKETS: &[f64] = &[
 pub fn install() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), DURATION_BUCKETS)
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
@@ -92,6 +121,7 @@ const CODES: usize = 500;
 /// code (plus a few named outcomes such as `connect_error`). Lock-free after first use.
 pub struct CodeCounters {
     name: &'static str,
+    label: &'static str,
     labels: Vec<Label>,
     by_code: Box<[OnceLock<Counter>]>,
     named: [OnceLock<Counter>; NAMED.len()],
@@ -101,10 +131,16 @@ pub struct CodeCounters {
 const NAMED: [&str; 3] = ["connect_error", "timeout", "error"];
 
 impl CodeCounters {
-    /// A family of `name` with the fixed `labels`.
+    /// A family of `name` with the fixed `labels`, split by `code`.
     pub fn new(name: &'static str, labels: Vec<Label>) -> Self {
+        Self::with_label(name, labels, "code")
+    }
+
+    /// A family of `name` with the fixed `labels`, split by `label`.
+    pub fn with_label(name: &'static str, labels: Vec<Label>, label: &'static str) -> Self {
         Self {
             name,
+            label,
             labels,
             by_code: (0..CODES).map(|_| OnceLock::new()).collect(),
             named: Default::default(),
@@ -113,7 +149,7 @@ impl CodeCounters {
 
     fn make(&self, code: String) -> Counter {
         let mut labels = self.labels.clone();
-        labels.push(Label::new("code", code));
+        labels.push(Label::new(self.label, code));
         metrics::counter!(self.name, labels)
     }
 
@@ -125,6 +161,17 @@ impl CodeCounters {
                 .get_or_init(|| self.make(status.to_string()))
                 .increment(1),
             None => self.make(status.to_string()).increment(1),
+        }
+    }
+
+    /// Counts one upstream outcome: its status, or its name.
+    pub fn outcome_of(&self, o: crate::config::Outcome) {
+        use crate::config::Outcome;
+        match o {
+            Outcome::Status(s) => self.status(s),
+            Outcome::ConnectError => self.outcome("connect_error"),
+            Outcome::Timeout => self.outcome("timeout"),
+            Outcome::Error => self.outcome("error"),
         }
     }
 

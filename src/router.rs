@@ -120,6 +120,7 @@ mod tests {
                 })
                 .collect(),
             pool: 0,
+            rate_limit: None,
         }
     }
 

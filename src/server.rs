@@ -8,11 +8,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limit::{ConnSlot, Shedder};
 use crate::metrics::CONNECTIONS_OPEN;
 use crate::proxy::{self, ConnCtx, ConnInfo};
 use crate::state::SharedState;
@@ -23,6 +24,7 @@ pub async fn serve(
     listener: TcpListener,
     name: Arc<str>,
     state: SharedState,
+    shed: Arc<Shedder>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -43,7 +45,19 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
+        let max = state.load().limits.max_connections;
+        let Some(conn_slot) = shed.connection(max) else {
+            tracker.spawn(refuse(
+                stream,
+                state
+                    .load()
+                    .listener(&name)
+                    .is_some_and(|l| l.tls.is_some()),
+            ));
+            continue;
+        };
         let ctx = ConnCtx {
+            shed: Arc::clone(&shed),
             state: Arc::clone(&state),
             conn: ConnInfo {
                 listener: Arc::clone(&name),
@@ -51,7 +65,13 @@ pub async fn serve(
                 tls: false,
             },
         };
-        tracker.spawn(connection(stream, ctx, open.clone(), shutdown.clone()));
+        tracker.spawn(connection(
+            stream,
+            ctx,
+            open.clone(),
+            shutdown.clone(),
+            conn_slot,
+        ));
     }
     // Close the socket before saying so: new connections are refused from here on.
     drop(listener);
@@ -67,7 +87,37 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn connection(stream: TcpStream, mut ctx: ConnCtx, open: Gauge, shutdown: CancellationToken) {
+/// Sheds a connection over `limits.max_connections`: a plain listener answers 503 with
+/// `Connection: close` (without reading the request), a TLS one just closes.
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    if !tls {
+        const BODY: &str =
+            "{\"error\":\"overloaded\",\"message\":\"too many connections\",\"status\":503}";
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        // Best effort: the client may already be gone.
+        let write = async {
+            stream.write_all(resp.as_bytes()).await?;
+            stream.shutdown().await
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(1), write)
+            .await
+            .unwrap_or(Ok(()))
+        {
+            tracing::debug!(error = %e, "writing the overload answer failed");
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    mut ctx: ConnCtx,
+    open: Gauge,
+    shutdown: CancellationToken,
+    _slot: ConnSlot,
+) {
     open.increment(1.0);
     let _open = OpenGuard(open);
     let snap = ctx.state.load_full();

@@ -14,8 +14,16 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::{Backend, BackendState};
 use crate::balance::Pool;
-use crate::config::{Config, LimitsConfig, RuntimeConfig, Timeouts};
-use crate::metrics::{CodeCounters, REQUESTS_TOTAL, REQUEST_DURATION};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{
+    Config, HealthConfig, LimitsConfig, QueueConfig, RetryConfig, RuntimeConfig, Timeouts,
+};
+use crate::limit::RateLimiter;
+use crate::metrics::{
+    CodeCounters, REQUESTS_TOTAL, REQUEST_DURATION, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL,
+};
+use crate::queue::WaitQueue;
 use crate::router::Router;
 use crate::tls;
 use crate::upstream::{UpstreamClient, Upstreams};
@@ -37,10 +45,47 @@ pub struct RouteStats {
 pub struct PoolEntry {
     /// Backends and strategy.
     pub pool: Pool,
+    /// Active health checks.
+    pub health: Option<HealthConfig>,
+    /// Retry settings.
+    pub retry: Option<RetryConfig>,
+    /// Queue settings.
+    pub queue_cfg: QueueConfig,
+    /// The wait queue (kept across reloads).
+    pub queue: Arc<WaitQueue>,
+    /// Requests in flight to this pool, and retries among them (the retry budget).
+    pub budget: RetryBudget,
+    /// `sandgate_retries_total{pool,reason}`.
+    pub retries: CodeCounters,
+    /// `sandgate_retry_budget_exhausted_total{pool}`.
+    pub budget_exhausted: metrics::Counter,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Pooled client.
     pub client: UpstreamClient,
+}
+
+/// Requests and retries in flight in one pool.
+#[derive(Default)]
+pub struct RetryBudget {
+    /// Requests in flight.
+    pub active: AtomicU64,
+    /// Retries in flight.
+    pub retries: AtomicU64,
+}
+
+impl RetryBudget {
+    /// Takes a retry if the budget allows: retries in flight stay within `share` of the
+    /// requests in flight, and at least 3 are always allowed.
+    pub fn try_retry(&self, share: f64) -> bool {
+        let allowed = ((self.active.load(Ordering::Relaxed) as f64 * share) as u64).max(3);
+        let n = self.retries.fetch_add(1, Ordering::Relaxed);
+        if n >= allowed {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// A listener as bound at start-up. Addresses only change on restart; certificates reload.
@@ -61,6 +106,8 @@ pub struct Snapshot {
     pub router: Router,
     /// Metric handles by route index.
     pub route_stats: Vec<RouteStats>,
+    /// Rate limiters by route index (kept across reloads while the settings are unchanged).
+    pub rate_limits: Vec<Option<Arc<RateLimiter>>>,
     /// Pools by index (routes refer to them by index).
     pub pools: Vec<PoolEntry>,
     /// Client-side limits.
@@ -96,8 +143,10 @@ impl Snapshot {
         upstreams: &Upstreams,
     ) -> Result<Snapshot, String> {
         let mut prior: HashMap<(&str, SocketAddr), &Arc<BackendState>> = HashMap::new();
+        let mut queues: HashMap<&str, &Arc<WaitQueue>> = HashMap::new();
         if let Some(old) = old {
             for p in &old.pools {
+                queues.insert(&p.pool.name, &p.queue);
                 for b in &p.pool.backends {
                     prior.insert((&p.pool.name, b.addr()), &b.state);
                 }
@@ -105,14 +154,29 @@ impl Snapshot {
         }
         let mut pools = Vec::with_capacity(cfg.pools.len());
         for pc in &cfg.pools {
+            let queue = queues
+                .get(pc.name.as_str())
+                .map_or_else(|| Arc::new(WaitQueue::new(&pc.name)), |q| Arc::clone(q));
+            let initial_healthy = pc.health.as_ref().is_none_or(|h| h.initial_healthy);
             let backends = pc
                 .backends
                 .iter()
                 .map(|bc| {
                     let state = match prior.get(&(pc.name.as_str(), bc.address)) {
-                        Some(s) => Arc::clone(s),
+                        Some(s) => {
+                            if pc.health.is_none() {
+                                // Without health checks every backend counts as healthy.
+                                s.set_healthy(true);
+                            }
+                            Arc::clone(s)
+                        }
                         None => {
-                            let s = Arc::new(BackendState::new(&pc.name, bc.address));
+                            let s = Arc::new(BackendState::new(
+                                &pc.name,
+                                bc.address,
+                                Arc::clone(&queue),
+                                initial_healthy,
+                            ));
                             // Added by a reload: ramp up under slow start. Backends present
                             // at start-up begin at full weight.
                             if old.is_some() {
@@ -121,11 +185,28 @@ impl Snapshot {
                             s
                         }
                     };
-                    Backend::with_state(state, bc.weight, bc.region.as_deref())
+                    state.configure_breaker(pc.breaker.as_ref());
+                    Backend::with_state(
+                        state,
+                        bc.weight,
+                        bc.region.as_deref(),
+                        bc.max_connections.unwrap_or(0),
+                    )
                 })
                 .collect::<Vec<_>>();
             pools.push(PoolEntry {
                 pool: Pool::new(pc, backends),
+                health: pc.health.clone(),
+                retry: pc.retry.clone(),
+                queue_cfg: pc.queue,
+                queue,
+                budget: RetryBudget::default(),
+                retries: CodeCounters::with_label(
+                    RETRIES_TOTAL,
+                    vec![Label::new("pool", pc.name.clone())],
+                    "reason",
+                ),
+                budget_exhausted: metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "pool" => pc.name.clone()),
                 timeouts: pc.timeouts,
                 client: upstreams.client_for(&pc.timeouts),
             });
@@ -142,6 +223,23 @@ impl Snapshot {
                     requests: CodeCounters::new(REQUESTS_TOTAL, labels.clone()),
                     duration: metrics::histogram!(REQUEST_DURATION, labels),
                 }
+            })
+            .collect();
+
+        let rate_limits = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let rl = r.rate_limit.as_ref()?;
+                let kept = old.and_then(|o| {
+                    let i = o.route_stats.iter().position(|s| *s.name == *r.name)?;
+                    o.rate_limits
+                        .get(i)?
+                        .as_ref()
+                        .filter(|l| l.config() == rl)
+                        .cloned()
+                });
+                Some(kept.unwrap_or_else(|| Arc::new(RateLimiter::new(&r.name, rl.clone()))))
             })
             .collect();
 
@@ -180,6 +278,7 @@ impl Snapshot {
             generation: old.map_or(1, |o| o.generation + 1),
             router: Router::new(&cfg.routes),
             route_stats,
+            rate_limits,
             pools,
             limits: cfg.limits.clone(),
             http: Arc::new(http_builder(&cfg.limits)),

@@ -8,8 +8,9 @@ use std::error::Error as StdError;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -18,8 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::Timeouts;
 use crate::error::ProxyError;
 
-/// Request body sent upstream: the client's body, streamed, with the size limit enforced.
-pub type UpstreamBody = Limited<Incoming>;
+/// Request body sent upstream: the client's body streamed with the size limit enforced, or a
+/// buffered copy that can be replayed on retry.
+pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
 
 /// A pooled client for one combination of connect and idle timeouts.
 #[derive(Clone)]

@@ -16,6 +16,7 @@ pub mod round_robin;
 pub mod weighted;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,13 +60,20 @@ pub struct Env<'a> {
     pub slow_start: Option<Duration>,
     /// Request time.
     pub now: Instant,
+    /// Panic mode: health is ignored (breakers and caps still apply).
+    pub panic: bool,
 }
 
 impl Env<'_> {
-    /// Whether backend `i` may take the request.
+    /// Whether backend `i` may take the request: healthy (or the pool is in panic mode), its
+    /// breaker admits traffic, it has a free slot, and it was not tried already.
     #[inline]
     pub fn usable(&self, i: usize) -> bool {
-        self.backends[i].is_usable() && !self.exclude.contains(&i)
+        let b = &self.backends[i];
+        (self.panic || b.state.is_healthy())
+            && b.has_slot()
+            && !self.exclude.contains(&i)
+            && b.state.breaker_available(self.now)
     }
 
     /// Slow-start share of backend `i` (1.0 when not ramping).
@@ -181,6 +189,10 @@ pub struct Pool {
     pub kind: StrategyKind,
     /// Slow-start window.
     pub slow_start: Option<Duration>,
+    /// Share of healthy backends below which health is ignored (0: never).
+    panic_threshold: f64,
+    panic: AtomicBool,
+    panic_gauge: metrics::Gauge,
 }
 
 impl Pool {
@@ -202,14 +214,68 @@ impl Pool {
             // Validation guarantees the blocks; fall back to rotation rather than panic.
             _ => basic(BasicStrategy::RoundRobin),
         };
-        Self {
+        let pool = Self {
+            panic_gauge: metrics::gauge!(crate::metrics::PANIC_MODE, "pool" => cfg.name.clone()),
             name,
             backends,
             members,
             strategy,
             kind: cfg.strategy,
             slow_start: cfg.slow_start,
+            panic_threshold: cfg.health.as_ref().map_or(0.0, |h| h.panic_threshold),
+            panic: AtomicBool::new(false),
+        };
+        pool.update_panic();
+        pool
+    }
+
+    /// Re-evaluates panic mode after health changed; logs and exports a change.
+    pub fn update_panic(&self) {
+        let healthy = self
+            .backends
+            .iter()
+            .filter(|b| b.state.is_healthy())
+            .count();
+        let share = healthy as f64 / self.backends.len().max(1) as f64;
+        let panic = self.panic_threshold > 0.0 && share < self.panic_threshold;
+        if self.panic.swap(panic, Ordering::Relaxed) != panic {
+            if panic {
+                tracing::warn!(
+                    pool = &*self.name,
+                    healthy,
+                    total = self.backends.len(),
+                    threshold = self.panic_threshold,
+                    "panic mode: too few healthy backends, routing to all of them"
+                );
+            } else {
+                tracing::info!(pool = &*self.name, healthy, "panic mode over");
+            }
         }
+        self.panic_gauge.set(if panic { 1.0 } else { 0.0 });
+    }
+
+    /// Whether the pool is in panic mode.
+    pub fn in_panic(&self) -> bool {
+        self.panic.load(Ordering::Relaxed)
+    }
+
+    /// Whether some backend could take the request but for its concurrency cap: then
+    /// waiting in the queue makes sense.
+    pub fn all_busy(&self, now: Instant, exclude: &[usize]) -> bool {
+        let panic = self.in_panic();
+        self.backends.iter().enumerate().any(|(i, b)| {
+            !b.has_slot()
+                && (panic || b.state.is_healthy())
+                && !exclude.contains(&i)
+                && b.state.breaker_available(now)
+        })
+    }
+
+    /// Index of the backend whose state is `state`.
+    pub fn index_of(&self, state: &Arc<crate::backend::BackendState>) -> Option<usize> {
+        self.backends
+            .iter()
+            .position(|b| Arc::ptr_eq(&b.state, state))
     }
 
     /// Picks a backend for the request, skipping unusable ones and those in `exclude`;
@@ -220,6 +286,7 @@ impl Pool {
             exclude,
             slow_start: self.slow_start,
             now: ctx.now,
+            panic: self.in_panic(),
         };
         let (index, set_cookie, decision) = match &self.strategy {
             Strategy::Basic(b) => (b.select(&self.members, &env)?, None, None),
@@ -240,9 +307,13 @@ impl Pool {
         })
     }
 
-    /// Whether any backend could take traffic now.
+    /// Whether any backend could take traffic now (busy ones count: they free up).
     pub fn has_usable(&self) -> bool {
-        self.backends.iter().any(Backend::is_usable)
+        let now = Instant::now();
+        let panic = self.in_panic();
+        self.backends
+            .iter()
+            .any(|b| (panic || b.state.is_healthy()) && b.state.breaker_available(now))
     }
 
     /// Weight of backend `i` after slow start, at `now`.
@@ -252,6 +323,7 @@ impl Pool {
             exclude: &[],
             slow_start: self.slow_start,
             now,
+            panic: false,
         };
         env.effective_weight(i)
     }

@@ -72,6 +72,10 @@ pub struct LimitsConfig {
     pub max_request_body: u64,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
+    /// Open client connections beyond which new ones are shed.
+    pub max_connections: Option<usize>,
+    /// Requests in flight beyond which new ones are shed.
+    pub max_inflight: Option<usize>,
 }
 
 /// How a route matches the Host.
@@ -96,6 +100,178 @@ pub struct RouteConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Index into [`Config::pools`].
     pub pool: usize,
+    /// Token-bucket rate limit.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header's value (requests without it share one bucket).
+    Header(HeaderName),
+}
+
+/// `routes[i].rate_limit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Bucket key.
+    pub key: RateKey,
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: u32,
+    /// Most keys tracked.
+    pub max_keys: u64,
+}
+
+/// What one upstream attempt came to, as breakers and retries classify it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend answered with this status.
+    Status(u16),
+    /// The TCP connect failed or timed out.
+    ConnectError,
+    /// No response head in time.
+    Timeout,
+    /// The exchange broke after connecting.
+    Error,
+}
+
+impl Outcome {
+    /// Label value: the status code, or `connect_error`, `timeout`, `error`.
+    pub fn label(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Outcome::Status(s) => s.to_string().into(),
+            Outcome::ConnectError => "connect_error".into(),
+            Outcome::Timeout => "timeout".into(),
+            Outcome::Error => "error".into(),
+        }
+    }
+}
+
+/// A set of outcomes, written `[connect_error, timeout, 502, 503, 504]` (also `error`, `5xx`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutcomeSet {
+    /// Connect failures.
+    pub connect_error: bool,
+    /// Response-head timeouts.
+    pub timeout: bool,
+    /// Broken exchanges.
+    pub error: bool,
+    /// Statuses.
+    pub statuses: Vec<u16>,
+}
+
+impl OutcomeSet {
+    /// Whether `o` is in the set.
+    pub fn contains(&self, o: Outcome) -> bool {
+        match o {
+            Outcome::ConnectError => self.connect_error,
+            Outcome::Timeout => self.timeout,
+            Outcome::Error => self.error,
+            Outcome::Status(s) => self.statuses.contains(&s),
+        }
+    }
+
+    /// The default: `[connect_error, timeout, 502, 503, 504]`.
+    pub fn default_failures() -> Self {
+        Self {
+            connect_error: true,
+            timeout: true,
+            error: false,
+            statuses: vec![502, 503, 504],
+        }
+    }
+}
+
+/// How a health check probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// HTTP/1.1 GET of this path.
+    Http {
+        /// Path and query.
+        path: String,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `pools.NAME.health_check`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Probe kind.
+    pub probe: HealthProbe,
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Spread of the interval, 0..1.
+    pub jitter: f64,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive passes to become healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures to become unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Accepted status ranges (inclusive).
+    pub expect_status: Vec<(u16, u16)>,
+    /// Substring the body must contain.
+    pub expect_body: Option<String>,
+    /// Host header.
+    pub host: Option<String>,
+    /// Health of a backend before its first checks.
+    pub initial_healthy: bool,
+    /// Below this share of healthy backends, route to all (0 = off).
+    pub panic_threshold: f64,
+}
+
+/// `pools.NAME.circuit_breaker`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open it.
+    pub consecutive_failures: u32,
+    /// Failure share in the window that opens it.
+    pub failure_rate: f64,
+    /// Failure-rate window.
+    pub window: Duration,
+    /// Requests in the window before the rate counts.
+    pub min_requests: u32,
+    /// First open period.
+    pub open_for: Duration,
+    /// Longest open period.
+    pub max_open_for: Duration,
+    /// Probes when half-open.
+    pub half_open_requests: u32,
+    /// What counts as a failure.
+    pub failure_on: OutcomeSet,
+}
+
+/// `pools.NAME.retry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total tries.
+    pub attempts: u32,
+    /// Outcomes retried.
+    pub on: OutcomeSet,
+    /// First backoff ceiling.
+    pub backoff_base: Duration,
+    /// Largest backoff ceiling.
+    pub backoff_max: Duration,
+    /// Response-head timeout of each try (None: the pool's `response_header`).
+    pub per_try_timeout: Option<Duration>,
+    /// Retry budget as a share of requests in flight.
+    pub budget: f64,
+    /// Largest request body kept for replay.
+    pub max_replay_body: u64,
+}
+
+/// `pools.NAME.queue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Most waiting requests.
+    pub max: usize,
+    /// Longest wait.
+    pub timeout: Duration,
 }
 
 /// Upstream timeouts of a pool.
@@ -126,6 +302,14 @@ pub struct PoolConfig {
     pub affinity: Option<AffinityConfig>,
     /// Geo settings (strategy `geo`).
     pub geo: Option<GeoConfig>,
+    /// Active health checks.
+    pub health: Option<HealthConfig>,
+    /// Circuit breaker settings.
+    pub breaker: Option<BreakerConfig>,
+    /// Retry settings.
+    pub retry: Option<RetryConfig>,
+    /// Wait queue (used when backends have concurrency caps).
+    pub queue: QueueConfig,
 }
 
 /// Where an affinity key comes from.
@@ -224,6 +408,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Region label.
     pub region: Option<String>,
+    /// Concurrency cap (the backend's, else the pool's).
+    pub max_connections: Option<u32>,
 }
 
 /// One configuration error: where, and what is wrong.

@@ -15,11 +15,15 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::raw::{RawAffinity, RawConfig, RawGeo, RawPool, StrategyKind};
+use super::raw::{
+    InitialState, RawAffinity, RawBreaker, RawConfig, RawGeo, RawHealthCheck, RawPool,
+    RawRateLimit, RawRetry, StrategyKind,
+};
 use super::{
-    AffinityConfig, AffinityKey, BackendConfig, CertificatePair, Config, ConfigError, ConfigErrors,
-    CookieConfig, GeoConfig, HostMatch, LimitsConfig, ListenerConfig, Loaded, Mmdb, PoolConfig,
-    RegionSource, RouteConfig, RuntimeConfig, Timeouts,
+    AffinityConfig, AffinityKey, BackendConfig, BreakerConfig, CertificatePair, Config,
+    ConfigError, ConfigErrors, CookieConfig, GeoConfig, HealthConfig, HealthProbe, HostMatch,
+    LimitsConfig, ListenerConfig, Loaded, Mmdb, OutcomeSet, PoolConfig, QueueConfig, RateKey,
+    RateLimitConfig, RegionSource, RetryConfig, RouteConfig, RuntimeConfig, Timeouts,
 };
 
 /// Largest accepted backend weight; keeps the precomputed weighted schedule small.
@@ -72,6 +76,59 @@ impl Errors<'_> {
                 }
             },
         }
+    }
+
+    /// An integer in `min..` (and `..=max`), or None (with an error) when out of range.
+    fn count(&mut self, path: &str, v: Option<i64>, min: i64, max: Option<i64>) -> Option<u64> {
+        let v = v?;
+        if v < min {
+            self.push(path, format!("must be at least {min}"));
+            return None;
+        }
+        if let Some(m) = max.filter(|m| v > *m) {
+            self.push(path, format!("must be at most {m}"));
+            return None;
+        }
+        Some(v as u64)
+    }
+
+    /// A share written `50%`, between 0% and 100%.
+    fn percent(&mut self, path: &str, v: Option<&String>, default: f64) -> f64 {
+        let Some(s) = v else { return default };
+        match s
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+        {
+            Some(p) if (0.0..=100.0).contains(&p) => p / 100.0,
+            _ => {
+                self.push(path, format!("invalid percentage {s:?}; write e.g. 50%"));
+                default
+            }
+        }
+    }
+
+    fn outcomes(&mut self, path: &str, v: Option<&Vec<String>>) -> OutcomeSet {
+        let Some(list) = v else {
+            return OutcomeSet::default_failures();
+        };
+        let mut set = OutcomeSet::default();
+        for (i, item) in list.iter().enumerate() {
+            match item.trim() {
+                "connect_error" => set.connect_error = true,
+                "timeout" => set.timeout = true,
+                "error" => set.error = true,
+                "5xx" => set.statuses.extend(500..=599),
+                code => match code.parse::<u16>() {
+                    Ok(c) if (100..=599).contains(&c) => set.statuses.push(c),
+                    _ => self.push(
+                        format!("{path}[{i}]"),
+                        format!("unknown outcome {item:?}; use connect_error, timeout, error, 5xx or a status code"),
+                    ),
+                },
+            }
+        }
+        set
     }
 
     fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
@@ -204,6 +261,17 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
         header_read_timeout,
         max_request_body,
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+        max_connections: e
+            .count(
+                "limits.max_connections",
+                raw.limits.max_connections,
+                1,
+                None,
+            )
+            .map(|n| n as usize),
+        max_inflight: e
+            .count("limits.max_inflight", raw.limits.max_inflight, 1, None)
+            .map(|n| n as usize),
     };
 
     // pools (BTreeMap: name order)
@@ -257,6 +325,10 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
                 (_, Err(_)) => e.push(hp, format!("invalid header value {v:?}")),
             }
         }
+        let rate_limit = r
+            .rate_limit
+            .as_ref()
+            .and_then(|rl| rate_limit(&mut e, &format!("{p}.rate_limit"), rl));
         if let Some(pool) = pool {
             routes.push(RouteConfig {
                 name: r.name.clone(),
@@ -264,6 +336,7 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
                 path_prefix,
                 headers,
                 pool,
+                rate_limit,
             });
         }
     }
@@ -333,6 +406,12 @@ fn validate_pool(
             "a pool needs at least one backend",
         );
     }
+    let pool_cap = e.count(
+        &format!("{pp}.max_connections"),
+        p.max_connections,
+        1,
+        Some(u32::MAX.into()),
+    );
     let mut seen = HashSet::new();
     let mut backends = Vec::new();
     for (i, b) in p.backends.iter().enumerate() {
@@ -366,11 +445,18 @@ fn validate_pool(
                 e.push(format!("{bp}.region"), "must not be empty");
             }
         }
+        let cap = e.count(
+            &format!("{bp}.max_connections"),
+            b.max_connections,
+            1,
+            Some(u32::MAX.into()),
+        );
         if let Some(address) = address {
             backends.push(BackendConfig {
                 address,
                 weight,
                 region: b.region.clone(),
+                max_connections: cap.or(pool_cap).map(|c| c as u32),
             });
         }
     }
@@ -418,6 +504,32 @@ fn validate_pool(
         }
         (None, _) => None,
     };
+    let health = p
+        .health_check
+        .as_ref()
+        .map(|h| health(e, &format!("{pp}.health_check"), h));
+    let breaker = p
+        .circuit_breaker
+        .as_ref()
+        .map(|b| breaker(e, &format!("{pp}.circuit_breaker"), b));
+    let retry = p
+        .retry
+        .as_ref()
+        .map(|r| retry(e, &format!("{pp}.retry"), r));
+    let queue = {
+        let qp = format!("{pp}.queue");
+        let q = p.queue.as_ref();
+        QueueConfig {
+            max: e
+                .count(&format!("{qp}.max"), q.and_then(|q| q.max), 0, None)
+                .unwrap_or(1000) as usize,
+            timeout: e.duration(
+                &format!("{qp}.timeout"),
+                q.and_then(|q| q.timeout.as_ref()),
+                Duration::from_secs(5),
+            ),
+        }
+    };
     PoolConfig {
         name: name.to_owned(),
         strategy: p.strategy,
@@ -426,7 +538,255 @@ fn validate_pool(
         slow_start,
         affinity,
         geo,
+        health,
+        breaker,
+        retry,
+        queue,
     }
+}
+
+fn health(e: &mut Errors<'_>, hp: &str, h: &RawHealthCheck) -> HealthConfig {
+    let probe = match (h.tcp, &h.path) {
+        (Some(true), Some(_)) => {
+            e.push(
+                format!("{hp}.tcp"),
+                "set either `path` or `tcp: true`, not both",
+            );
+            HealthProbe::Tcp
+        }
+        (Some(true), None) => HealthProbe::Tcp,
+        (_, Some(p)) if !p.starts_with('/') => {
+            e.push(format!("{hp}.path"), "must start with /");
+            HealthProbe::Http { path: "/".into() }
+        }
+        (_, p) => HealthProbe::Http {
+            path: p.clone().unwrap_or_else(|| "/".into()),
+        },
+    };
+    let mut expect_status = Vec::new();
+    let es = h.expect_status.clone().unwrap_or_else(|| "200-399".into());
+    for part in es.split(',') {
+        let part = part.trim();
+        let range = match part.split_once('-') {
+            Some((a, b)) => a
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .zip(b.trim().parse::<u16>().ok()),
+            None => part.parse::<u16>().ok().map(|c| (c, c)),
+        };
+        match range {
+            Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => {
+                expect_status.push((a, b))
+            }
+            _ => e.push(
+                format!("{hp}.expect_status"),
+                format!("invalid status range {part:?}; write e.g. 200-399 or 200,204"),
+            ),
+        }
+    }
+    let interval = e.duration(
+        &format!("{hp}.interval"),
+        h.interval.as_ref(),
+        Duration::from_secs(5),
+    );
+    let timeout = e.duration(
+        &format!("{hp}.timeout"),
+        h.timeout.as_ref(),
+        Duration::from_secs(2),
+    );
+    if interval.is_zero() {
+        e.push(format!("{hp}.interval"), "must be greater than 0");
+    }
+    if timeout.is_zero() {
+        e.push(format!("{hp}.timeout"), "must be greater than 0");
+    } else if timeout > interval {
+        e.push(format!("{hp}.timeout"), "must not exceed interval");
+    }
+    HealthConfig {
+        probe,
+        interval,
+        jitter: e.percent(&format!("{hp}.jitter"), h.jitter.as_ref(), 0.1),
+        timeout,
+        healthy_threshold: e
+            .count(
+                &format!("{hp}.healthy_threshold"),
+                h.healthy_threshold,
+                1,
+                Some(1000),
+            )
+            .unwrap_or(2) as u32,
+        unhealthy_threshold: e
+            .count(
+                &format!("{hp}.unhealthy_threshold"),
+                h.unhealthy_threshold,
+                1,
+                Some(1000),
+            )
+            .unwrap_or(3) as u32,
+        expect_status,
+        expect_body: h.expect_body.clone(),
+        host: h.host.clone(),
+        initial_healthy: h.initial_state != Some(InitialState::Unhealthy),
+        panic_threshold: e.percent(
+            &format!("{hp}.panic_threshold"),
+            h.panic_threshold.as_ref(),
+            0.0,
+        ),
+    }
+}
+
+fn breaker(e: &mut Errors<'_>, bp: &str, b: &RawBreaker) -> BreakerConfig {
+    let open_for = e.duration(
+        &format!("{bp}.open_for"),
+        b.open_for.as_ref(),
+        Duration::from_secs(5),
+    );
+    let max_open_for = e.duration(
+        &format!("{bp}.max_open_for"),
+        b.max_open_for.as_ref(),
+        Duration::from_secs(120),
+    );
+    if open_for.is_zero() {
+        e.push(format!("{bp}.open_for"), "must be greater than 0");
+    }
+    if max_open_for < open_for {
+        e.push(format!("{bp}.max_open_for"), "must be at least open_for");
+    }
+    let window = e.duration(
+        &format!("{bp}.window"),
+        b.window.as_ref(),
+        Duration::from_secs(10),
+    );
+    if window.is_zero() {
+        e.push(format!("{bp}.window"), "must be greater than 0");
+    }
+    BreakerConfig {
+        consecutive_failures: e
+            .count(
+                &format!("{bp}.consecutive_failures"),
+                b.consecutive_failures,
+                1,
+                Some(1_000_000),
+            )
+            .unwrap_or(5) as u32,
+        failure_rate: e.percent(&format!("{bp}.failure_rate"), b.failure_rate.as_ref(), 0.5),
+        window,
+        min_requests: e
+            .count(
+                &format!("{bp}.min_requests"),
+                b.min_requests,
+                1,
+                Some(1_000_000),
+            )
+            .unwrap_or(20) as u32,
+        open_for,
+        max_open_for,
+        half_open_requests: e
+            .count(
+                &format!("{bp}.half_open_requests"),
+                b.half_open_requests,
+                1,
+                Some(10_000),
+            )
+            .unwrap_or(3) as u32,
+        failure_on: e.outcomes(&format!("{bp}.failure_on"), b.failure_on.as_ref()),
+    }
+}
+
+fn retry(e: &mut Errors<'_>, rp: &str, r: &RawRetry) -> RetryConfig {
+    let bo = r.backoff.as_ref();
+    let backoff_base = e.duration(
+        &format!("{rp}.backoff.base"),
+        bo.and_then(|b| b.base.as_ref()),
+        Duration::from_millis(25),
+    );
+    let backoff_max = e.duration(
+        &format!("{rp}.backoff.max"),
+        bo.and_then(|b| b.max.as_ref()),
+        Duration::from_secs(1),
+    );
+    if backoff_max < backoff_base {
+        e.push(format!("{rp}.backoff.max"), "must be at least backoff.base");
+    }
+    let per_try_timeout = r.per_try_timeout.as_ref().map(|v| {
+        e.duration(
+            &format!("{rp}.per_try_timeout"),
+            Some(v),
+            Duration::from_secs(5),
+        )
+    });
+    if per_try_timeout.is_some_and(|d| d.is_zero()) {
+        e.push(format!("{rp}.per_try_timeout"), "must be greater than 0");
+    }
+    RetryConfig {
+        attempts: e
+            .count(&format!("{rp}.attempts"), r.attempts, 1, Some(10))
+            .unwrap_or(3) as u32,
+        on: e.outcomes(&format!("{rp}.on"), r.on.as_ref()),
+        backoff_base,
+        backoff_max,
+        per_try_timeout,
+        budget: e.percent(&format!("{rp}.budget"), r.budget.as_ref(), 0.2),
+        max_replay_body: e.size(
+            &format!("{rp}.max_replay_body"),
+            r.max_replay_body.as_ref(),
+            64 * 1024,
+        ),
+    }
+}
+
+fn rate_limit(e: &mut Errors<'_>, lp: &str, r: &RawRateLimit) -> Option<RateLimitConfig> {
+    let key = match r.key.as_deref().map(str::trim) {
+        None | Some("client_ip") => Some(RateKey::ClientIp),
+        Some(k) => match k
+            .strip_prefix("header:")
+            .map(|n| HeaderName::from_bytes(n.trim().as_bytes()))
+        {
+            Some(Ok(n)) => Some(RateKey::Header(n)),
+            _ => {
+                e.push(
+                    format!("{lp}.key"),
+                    format!("invalid key {k:?}; write client_ip or header:NAME"),
+                );
+                None
+            }
+        },
+    };
+    let per_second = r.rate.trim().split_once('/').and_then(|(n, unit)| {
+        let n = n
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| *n > 0.0 && n.is_finite())?;
+        let secs = match unit.trim() {
+            "s" | "1s" | "sec" | "second" => 1.0,
+            "m" | "1m" | "min" | "minute" => 60.0,
+            "h" | "1h" | "hour" => 3600.0,
+            _ => return None,
+        };
+        Some(n / secs)
+    });
+    if per_second.is_none() {
+        e.push(
+            format!("{lp}.rate"),
+            format!(
+                "invalid rate {:?}; write e.g. 100/s, 600/m or 3600/h",
+                r.rate
+            ),
+        );
+    }
+    let burst = e.count(&format!("{lp}.burst"), r.burst, 1, Some(u32::MAX.into()));
+    let max_keys = e
+        .count(&format!("{lp}.max_keys"), r.max_keys, 1, None)
+        .unwrap_or(100_000);
+    let per_second = per_second?;
+    Some(RateLimitConfig {
+        key: key?,
+        per_second,
+        burst: burst.map_or_else(|| per_second.ceil().max(1.0) as u32, |b| b as u32),
+        max_keys,
+    })
 }
 
 fn validate_affinity(e: &mut Errors<'_>, ap: &str, a: &RawAffinity, base: &Path) -> AffinityConfig {

@@ -1,0 +1,227 @@
+//! Overload protection that answers before any backend is involved: per-route token-bucket
+//! rate limits (429), and global caps on open connections and requests in flight (503).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue};
+use metrics::Counter;
+use moka::policy::EvictionPolicy;
+
+use crate::config::{RateKey, RateLimitConfig};
+use crate::metrics::{RATE_LIMITED_TOTAL, SHED_TOTAL};
+
+/// What a rate limit is counted by, for one request.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    V4([u8; 4]),
+    V6([u8; 16]),
+    Header(Box<[u8]>),
+    Missing,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The verdict for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Whether the request may pass.
+    pub allowed: bool,
+    /// Bucket size (`RateLimit-Limit`).
+    pub limit: u32,
+    /// Whole tokens left (`RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Seconds until the bucket is full again (`RateLimit-Reset`).
+    pub reset: u64,
+    /// Seconds until one token is available (`Retry-After` on 429).
+    pub retry_after: u64,
+}
+
+impl Decision {
+    /// Adds the `RateLimit-*` headers (and `Retry-After` when refused).
+    pub fn write_headers(&self, h: &mut HeaderMap) {
+        h.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        h.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        h.insert("ratelimit-reset", HeaderValue::from(self.reset));
+        if !self.allowed {
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after.max(1)),
+            );
+        }
+    }
+}
+
+/// A token-bucket rate limit for one route. Buckets are kept per key in a cache bounded by
+/// `max_keys` (least recently used keys go first), so spoofed keys cannot grow memory.
+pub struct RateLimiter {
+    cfg: RateLimitConfig,
+    buckets: moka::sync::Cache<Key, Arc<Mutex<Bucket>>>,
+    limited: Counter,
+}
+
+impl RateLimiter {
+    /// A limiter for `route`.
+    pub fn new(route: &str, cfg: RateLimitConfig) -> Self {
+        Self {
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(cfg.max_keys)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+            cfg,
+            limited: metrics::counter!(RATE_LIMITED_TOTAL, "route" => route.to_owned()),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.cfg
+    }
+
+    /// Takes one token for the request, if there is one.
+    pub fn check(&self, client: IpAddr, headers: &HeaderMap, now: Instant) -> Decision {
+        let key = match &self.cfg.key {
+            RateKey::ClientIp => match client {
+                IpAddr::V4(a) => Key::V4(a.octets()),
+                IpAddr::V6(a) => Key::V6(a.octets()),
+            },
+            RateKey::Header(h) => headers
+                .get(h)
+                .map_or(Key::Missing, |v| Key::Header(v.as_bytes().into())),
+        };
+        let burst = f64::from(self.cfg.burst);
+        let bucket = self.buckets.get_with(key, || {
+            Arc::new(Mutex::new(Bucket {
+                tokens: burst,
+                last: now,
+            }))
+        });
+        // std Mutex per key: a few float operations, never across an await.
+        let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let rate = self.cfg.per_second;
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.last = now;
+        let allowed = b.tokens >= 1.0;
+        if allowed {
+            b.tokens -= 1.0;
+        } else {
+            self.limited.increment(1);
+        }
+        Decision {
+            allowed,
+            limit: self.cfg.burst,
+            remaining: b.tokens.floor() as u32,
+            reset: ((burst - b.tokens) / rate).ceil() as u64,
+            retry_after: ((1.0 - b.tokens).max(0.0) / rate).ceil() as u64,
+        }
+    }
+}
+
+/// Global caps on connections and requests in flight, shared by every listener.
+pub struct Shedder {
+    connections: AtomicUsize,
+    inflight: AtomicUsize,
+    shed_connections: Counter,
+    shed_inflight: Counter,
+}
+
+impl Default for Shedder {
+    fn default() -> Self {
+        Self {
+            connections: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
+            shed_connections: metrics::counter!(SHED_TOTAL, "reason" => "connections"),
+            shed_inflight: metrics::counter!(SHED_TOTAL, "reason" => "inflight"),
+        }
+    }
+}
+
+/// One counted connection; released on drop.
+pub struct ConnSlot(Arc<Shedder>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An owned in-flight request slot (lives in the response body).
+pub struct InflightSlot(Arc<Shedder>);
+
+impl Drop for InflightSlot {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn take(counter: &AtomicUsize, max: Option<usize>) -> bool {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    if max.is_some_and(|m| n >= m) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+impl Shedder {
+    /// Counts a new connection, or None when `max` are open.
+    pub fn connection(self: &Arc<Self>, max: Option<usize>) -> Option<ConnSlot> {
+        if take(&self.connections, max) {
+            Some(ConnSlot(Arc::clone(self)))
+        } else {
+            self.shed_connections.increment(1);
+            None
+        }
+    }
+
+    /// Counts a request in flight until the response body ends, or None when `max` are.
+    pub fn request(self: &Arc<Self>, max: Option<usize>) -> Option<InflightSlot> {
+        if take(&self.inflight, max) {
+            Some(InflightSlot(Arc::clone(self)))
+        } else {
+            self.shed_inflight.increment(1);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn token_bucket_refills_at_the_rate() {
+        let rl = RateLimiter::new(
+            "r",
+            RateLimitConfig {
+                key: RateKey::ClientIp,
+                per_second: 2.0,
+                burst: 3,
+                max_keys: 10,
+            },
+        );
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let h = HeaderMap::new();
+        let t = Instant::now();
+        let d: Vec<_> = (0..4).map(|_| rl.check(ip, &h, t)).collect();
+        assert_eq!(
+            d.iter().map(|x| x.allowed).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+        assert_eq!((d[0].limit, d[0].remaining), (3, 2));
+        assert_eq!((d[3].remaining, d[3].retry_after), (0, 1));
+        assert_eq!(d[3].reset, 2, "3 tokens at 2/s");
+        // Half a second later one token is back.
+        assert!(rl.check(ip, &h, t + Duration::from_millis(500)).allowed);
+        assert!(!rl.check(ip, &h, t + Duration::from_millis(500)).allowed);
+        // Another client has its own bucket.
+        assert!(rl.check("192.0.2.2".parse().unwrap(), &h, t).allowed);
+    }
+}

@@ -1,0 +1,120 @@
+//! The per-pool wait queue: when every eligible backend is at its concurrency cap, requests
+//! wait here in FIFO order. A freed slot is handed straight to the oldest waiter (the slot's
+//! in-flight count never drops, so a new arrival cannot take it first). A waiter that times out
+//! or whose client disconnects leaves at once: its entry is skipped when reached.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::oneshot;
+
+use crate::backend::InflightGuard;
+use crate::metrics::{QUEUE_DEPTH, QUEUE_REJECTED_TOTAL, QUEUE_WAIT};
+
+/// Why a request was not served from the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The queue already holds `max` waiters.
+    Full,
+    /// No slot came within the queue timeout.
+    Timeout,
+}
+
+/// The wait queue of one pool; kept across reloads by pool name.
+pub struct WaitQueue {
+    // std Mutex: held to push or pop one sender, never across an await.
+    waiters: Mutex<VecDeque<oneshot::Sender<InflightGuard>>>,
+    /// Waiters still waiting (entries of departed ones may linger in `waiters`).
+    depth: AtomicUsize,
+    depth_gauge: Gauge,
+    wait: Histogram,
+    rejected_full: Counter,
+    rejected_timeout: Counter,
+}
+
+/// Decrements the depth when a waiter leaves, however it leaves.
+struct Waiting<'a>(&'a WaitQueue);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.depth.fetch_sub(1, Ordering::AcqRel);
+        self.0.depth_gauge.decrement(1.0);
+    }
+}
+
+impl WaitQueue {
+    /// An empty queue for `pool`.
+    pub fn new(pool: &str) -> Self {
+        let p = pool.to_owned();
+        Self {
+            waiters: Mutex::new(VecDeque::new()),
+            depth: AtomicUsize::new(0),
+            depth_gauge: metrics::gauge!(QUEUE_DEPTH, "pool" => p.clone()),
+            wait: metrics::histogram!(QUEUE_WAIT, "pool" => p.clone()),
+            rejected_full: metrics::counter!(QUEUE_REJECTED_TOTAL, "pool" => p.clone(), "reason" => "full"),
+            rejected_timeout: metrics::counter!(QUEUE_REJECTED_TOTAL, "pool" => p, "reason" => "timeout"),
+        }
+    }
+
+    /// Whether anyone is waiting.
+    #[inline]
+    pub fn has_waiters(&self) -> bool {
+        self.depth.load(Ordering::Acquire) > 0
+    }
+
+    /// Waiters now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Acquire)
+    }
+
+    /// Gives `slot` to the oldest live waiter; returns it when there is none (or the one
+    /// picked left just now, in which case dropping it tries the next).
+    pub fn hand_off(&self, slot: InflightGuard) -> Result<(), InflightGuard> {
+        let tx = {
+            let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match q.pop_front() {
+                    Some(tx) if tx.is_closed() => continue,
+                    other => break other,
+                }
+            }
+        };
+        match tx {
+            Some(tx) => tx.send(slot),
+            None => Err(slot),
+        }
+    }
+
+    /// Waits for a slot, up to `timeout`, if fewer than `max` wait already.
+    pub async fn wait(&self, max: usize, timeout: Duration) -> Result<InflightGuard, Rejected> {
+        if self.depth.load(Ordering::Acquire) >= max {
+            self.rejected_full.increment(1);
+            return Err(Rejected::Full);
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() > 2 * max + 16 {
+                q.retain(|t| !t.is_closed());
+            }
+            q.push_back(tx);
+            self.depth.fetch_add(1, Ordering::AcqRel);
+        }
+        self.depth_gauge.increment(1.0);
+        let _waiting = Waiting(self);
+        let start = Instant::now();
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(slot)) => {
+                self.wait.record(start.elapsed().as_secs_f64());
+                Ok(slot)
+            }
+            _ => {
+                self.rejected_timeout.increment(1);
+                Err(Rejected::Timeout)
+            }
+        }
+    }
+}
