@@ -250,6 +250,8 @@ async fn forward<'s>(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     let _active = Active::new(entry);
+    // The retry in flight, if any: it counts against the budget until its try is over.
+    let mut _retrying: Option<Retrying<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let max_attempts = retry.map_or(1, |r| r.attempts);
     loop {
@@ -312,13 +314,15 @@ async fn forward<'s>(
                 && (replayable || matches!(req_body, ReqBody::Stream(Some(_))))
                 && (idempotent(&parts.method) || upstream_outcome == Outcome::ConnectError);
             if again {
+                // This request's previous retry (if any) is over: release it before asking.
+                _retrying = None;
                 if entry.budget.try_retry(r.budget) {
+                    _retrying = Some(Retrying(entry));
                     entry.retries.outcome_of(upstream_outcome);
                     drop(result);
                     drop(admitted.guard);
                     tried.push(admitted.index);
                     tokio::time::sleep(backoff(r, attempt)).await;
-                    entry.budget.retries.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 }
                 entry.budget_exhausted.increment(1);
@@ -366,6 +370,15 @@ impl<'a> Active<'a> {
 impl Drop for Active<'_> {
     fn drop(&mut self) {
         self.0.budget.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One retry in flight, counted against the pool's retry budget until dropped.
+struct Retrying<'a>(&'a PoolEntry);
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.0.budget.retries.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

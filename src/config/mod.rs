@@ -165,12 +165,13 @@ pub struct OutcomeSet {
 }
 
 impl OutcomeSet {
-    /// Whether `o` is in the set.
+    /// Whether `o` is in the set. A broken exchange is answered with 502, so `502` covers it
+    /// too (as does `error`).
     pub fn contains(&self, o: Outcome) -> bool {
         match o {
             Outcome::ConnectError => self.connect_error,
             Outcome::Timeout => self.timeout,
-            Outcome::Error => self.error,
+            Outcome::Error => self.error || self.statuses.contains(&502),
             Outcome::Status(s) => self.statuses.contains(&s),
         }
     }

@@ -1,0 +1,678 @@
+//! Protecting the backends: health checks (failure, recovery, panic mode), circuit breakers,
+//! retries and their budget, concurrency caps with the FIFO queue, rate limits, and global
+//! shedding. Faults are injected by the tests; waits are bounded and driven by signals.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A backend whose `/healthz` answers 200 or 503 as `up` says, and whose other paths answer
+/// `name`.
+async fn checked_backend(name: &'static str, up: Arc<AtomicBool>) -> Backend {
+    spawn_backend(move |req| {
+        let up = Arc::clone(&up);
+        Box::pin(async move {
+            if req.uri().path() == "/healthz" {
+                let mut r = Response::new(full("ok"));
+                if !up.load(Ordering::SeqCst) {
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                return r;
+            }
+            Response::new(full(name))
+        })
+    })
+    .await
+}
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn metrics_text(proxy: &Proxy) -> String {
+    get(&proxy.admin_url("/metrics")).await.text()
+}
+
+const FAST_CHECKS: &str = "    health_check: { path: /healthz, interval: 200ms, jitter: 0%, timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 1 }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_under_load_with_retries_loses_no_request() {
+    let up = Arc::new(AtomicBool::new(true));
+    let a = checked_backend("a", Arc::clone(&up)).await;
+    let b = checked_backend("b", Arc::clone(&up)).await;
+    let c = checked_backend("c", Arc::clone(&up)).await;
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "{FAST_CHECKS}    retry: {{ attempts: 3, budget: 100%, backoff: {{ base: 5ms, max: 20ms }} }}\n    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n      - {{ address: {} }}\n",
+        a.addr, b.addr, c.addr
+    )));
+    let url = proxy.url("public", "/work");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (url.clone(), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0u32, 0u32);
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match c.request(Request::get(&url).body(empty()).unwrap()).await {
+                    Ok(r) if r.status() == 200 => {
+                        r.into_body().collect().await.ok();
+                        ok += 1;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    // Let traffic flow, then kill b.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.hits() > 0);
+    let killed = Instant::now();
+    b.stop();
+    let line = tokio::task::block_in_place(|| {
+        proxy.logs.wait_for(Duration::from_secs(10), |v| {
+            msg(v) == "backend is unhealthy" && v["backend"] == b.addr.to_string()
+        })
+    })
+    .expect("the dead backend is marked unhealthy");
+    let detected = killed.elapsed();
+    assert!(
+        detected < Duration::from_millis(200 + 150 + 1000),
+        "took {detected:?}"
+    );
+    assert_eq!(line["pool"], "p");
+
+    // From now on no request is even tried on b.
+    let b_label = format!(
+        "sandgate_upstream_requests_total{{pool=\"p\",backend=\"{}\",code=\"connect_error\"}}",
+        b.addr
+    );
+    let before = metric(&metrics_text(&proxy).await, &b_label).unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    let after = metric(&metrics_text(&proxy).await, &b_label).unwrap_or(0.0);
+    assert_eq!(before, after, "requests still reached the dead backend");
+    assert!(ok > 100, "{ok}");
+    let bad: Vec<_> = proxy
+        .logs
+        .all()
+        .into_iter()
+        .filter(|v| v["target"] == "sandgate::access" && v["status"] != 200)
+        .collect();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {bad:#?}",
+        ok + failed
+    );
+    let admin = get(&proxy.admin_url("/admin/backends")).await.json();
+    let dead = &admin["pools"][0]["backends"][1];
+    assert_eq!(dead["healthy"], false);
+    assert!(
+        dead["out"]
+            .as_str()
+            .unwrap()
+            .starts_with("unhealthy: last check failed: connect"),
+        "{dead}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_backend_gets_504_and_its_breaker_opens() {
+    let hang = spawn_backend(|_req| {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Response::new(full("late"))
+        })
+    })
+    .await;
+    let good = named_backend("good").await;
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "    timeouts: {{ response_header: 200ms }}\n    circuit_breaker: {{ consecutive_failures: 2, open_for: 1m }}\n    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n",
+        hang.addr, good.addr
+    )));
+    let url = proxy.url("public", "/");
+    let mut timeouts = 0;
+    for _ in 0..4 {
+        let r = get(&url).await;
+        match r.status.as_u16() {
+            504 => timeouts += 1,
+            200 => assert_eq!(r.text(), "good"),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(
+        timeouts, 2,
+        "round-robin sends every other request to the hanging backend"
+    );
+    // Open: every request now goes to the good backend, without waiting.
+    for _ in 0..6 {
+        assert_eq!(get(&url).await.text(), "good");
+    }
+    let m = metrics_text(&proxy).await;
+    let h = hang.addr.to_string();
+    assert_eq!(
+        metric(
+            &m,
+            &format!("sandgate_breaker_state{{pool=\"p\",backend=\"{h}\"}}")
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "sandgate_breaker_transitions_total{{pool=\"p\",backend=\"{h}\",to=\"open\"}}"
+            )
+        ),
+        Some(1.0)
+    );
+    let admin = get(&proxy.admin_url("/admin/backends")).await.json();
+    let b = &admin["pools"][0]["backends"][0];
+    assert_eq!(b["breaker"], "open");
+    let out = b["out"].as_str().unwrap();
+    assert!(
+        out.starts_with("breaker open for another")
+            && out.contains("2 consecutive failures (last: timeout)"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_after_health_checks_pass_again() {
+    let up_a = Arc::new(AtomicBool::new(true));
+    let up_b = Arc::new(AtomicBool::new(true));
+    let a = checked_backend("a", Arc::clone(&up_a)).await;
+    let b = checked_backend("b", Arc::clone(&up_b)).await;
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "{}    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n",
+        FAST_CHECKS.replace("healthy_threshold: 1,", "healthy_threshold: 2,"),
+        a.addr,
+        b.addr
+    )));
+    let url = proxy.url("public", "/");
+    up_b.store(false, Ordering::SeqCst);
+    let wait_log = |m: &'static str| {
+        let addr = b.addr.to_string();
+        tokio::task::block_in_place(|| {
+            proxy.logs.wait_for(Duration::from_secs(10), |v| {
+                msg(v) == m && v["backend"] == addr
+            })
+        })
+    };
+    wait_log("backend is unhealthy").expect("b goes down");
+    for _ in 0..6 {
+        assert_eq!(get(&url).await.text(), "a");
+    }
+    up_b.store(true, Ordering::SeqCst);
+    wait_log("backend is healthy again").expect("b comes back after two passing checks");
+    let mut seen_b = false;
+    for _ in 0..6 {
+        seen_b |= get(&url).await.text() == "b";
+    }
+    assert!(seen_b);
+    let m = metrics_text(&proxy).await;
+    let bl = b.addr.to_string();
+    assert_eq!(
+        metric(
+            &m,
+            &format!("sandgate_backend_healthy{{pool=\"p\",backend=\"{bl}\"}}")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, &format!("sandgate_backend_transitions_total{{pool=\"p\",backend=\"{bl}\",to=\"unhealthy\"}}")), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "sandgate_backend_transitions_total{{pool=\"p\",backend=\"{bl}\",to=\"healthy\"}}"
+            )
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &m,
+            &format!("sandgate_health_checks_total{{pool=\"p\",backend=\"{bl}\",result=\"fail\"}}")
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &m,
+            &format!("sandgate_health_checks_total{{pool=\"p\",backend=\"{bl}\",result=\"pass\"}}")
+        )
+        .unwrap()
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_unhealthy_gives_503_and_panic_mode_routes_to_all() {
+    let down = Arc::new(AtomicBool::new(false));
+    let up = Arc::new(AtomicBool::new(true));
+    let a = checked_backend("a", Arc::clone(&up)).await;
+    let b = checked_backend("b", Arc::clone(&down)).await;
+    let c = checked_backend("c", Arc::clone(&down)).await;
+    let hc = FAST_CHECKS.replace(
+        "unhealthy_threshold: 1 }",
+        "unhealthy_threshold: 1, initial_state: unhealthy }",
+    );
+    // Pool `strict`: no panic mode. Pool `lenient`: panic below 50% healthy.
+    let yaml = format!(
+        "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\nadmin: {{ address: 127.0.0.1:0 }}\nroutes:\n\
+         \x20 - {{ name: strict, match: {{ path_prefix: /strict }}, pool: strict }}\n\
+         \x20 - {{ name: lenient, pool: lenient }}\npools:\n\
+         \x20 strict:\n{hc}    backends: [{{ address: {} }}]\n\
+         \x20 lenient:\n{}    backends: [{{ address: {} }}, {{ address: {} }}, {{ address: {} }}]\n",
+        b.addr,
+        hc.replace("initial_state: unhealthy }", "initial_state: unhealthy, panic_threshold: 50% }"),
+        a.addr, b.addr, c.addr
+    );
+    let proxy = spawn_proxy(&yaml);
+    // Before any check passes, `strict` has no usable backend.
+    let r = get(&proxy.url("public", "/strict")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "no_backend");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let ready = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.json()["pools_without_usable_backend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "strict"));
+
+    // `lenient`: a passes its checks; 1 of 3 healthy is below 50%, so all three serve.
+    let a_addr = a.addr.to_string();
+    tokio::task::block_in_place(|| {
+        proxy.logs.wait_for(Duration::from_secs(10), |v| {
+            msg(v) == "backend is healthy again" && v["backend"] == a_addr
+        })
+    })
+    .expect("a becomes healthy");
+    proxy
+        .logs
+        .wait_for(Duration::from_secs(5), |v| msg(v).starts_with("panic mode"))
+        .expect("panic mode is logged");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..9 {
+        let r = get(&proxy.url("public", "/x")).await;
+        assert_eq!(r.status, 200);
+        seen.insert(r.text());
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "panic mode routes to every backend: {seen:?}"
+    );
+    let m = metrics_text(&proxy).await;
+    assert_eq!(
+        metric(&m, "sandgate_panic_mode{pool=\"lenient\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "sandgate_panic_mode{pool=\"strict\"}"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_serves_waiters_in_order_and_rejects_when_full() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (r, o) = (Arc::clone(&release), Arc::clone(&order));
+    let backend = spawn_backend(move |req| {
+        let (r, o) = (Arc::clone(&r), Arc::clone(&o));
+        Box::pin(async move {
+            let tag = req
+                .headers()
+                .get("x-order")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_owned();
+            o.lock().unwrap().push(tag.clone());
+            r.notified().await;
+            Response::new(full(tag))
+        })
+    })
+    .await;
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "    max_connections: 1\n    queue: {{ max: 2, timeout: 10s }}\n    backends: [{{ address: {} }}]\n",
+        backend.addr
+    )));
+    let url = proxy.url("public", "/");
+    let admin = proxy.admin_url("/admin/backends");
+    let depth = || async {
+        get(&admin).await.json()["pools"][0]["queue_depth"]
+            .as_u64()
+            .unwrap()
+    };
+    let send_tagged = |tag: &'static str| {
+        let url = url.clone();
+        tokio::spawn(async move { get_with(&url, &[("x-order", tag)]).await })
+    };
+    let first = send_tagged("1");
+    wait_until(|| backend.hits() == 1).await;
+    let second = send_tagged("2");
+    wait_until_async(|| async { depth().await == 1 }).await;
+    let third = send_tagged("3");
+    wait_until_async(|| async { depth().await == 2 }).await;
+
+    // A fourth finds the queue full.
+    let fourth = get_with(&url, &[("x-order", "4")]).await;
+    assert_eq!(fourth.status, 503);
+    assert_eq!(fourth.json()["error"], "queue_full");
+    assert!(fourth.header("retry-after").is_some());
+
+    for (i, h) in [first, second, third].into_iter().enumerate() {
+        release.notify_one();
+        let got = h.await.unwrap();
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), (i + 1).to_string());
+    }
+    assert_eq!(*order.lock().unwrap(), ["1", "2", "3"]);
+    let m = metrics_text(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sandgate_queue_rejected_total{pool=\"p\",reason=\"full\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "sandgate_queue_depth{pool=\"p\"}"), Some(0.0));
+    assert_eq!(
+        metric(&m, "sandgate_queue_wait_seconds_count{pool=\"p\"}"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_timeout_and_client_disconnect_leave_the_queue() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let backend = held_backend("held;", "done", Arc::clone(&release)).await;
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "    max_connections: 1\n    queue: {{ max: 5, timeout: 300ms }}\n    backends: [{{ address: {} }}]\n",
+        backend.addr
+    )));
+    let url = proxy.url("public", "/");
+    let body = open_stream(&url).await; // holds the only slot
+    let r = get(&url).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "queue_timeout");
+
+    // A client that gives up while queued leaves at once.
+    let waiter = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await }
+    });
+    let admin = proxy.admin_url("/admin/backends");
+    wait_until_async(|| async { get(&admin).await.json()["pools"][0]["queue_depth"] == 1 }).await;
+    waiter.abort();
+    wait_until_async(|| async { get(&admin).await.json()["pools"][0]["queue_depth"] == 0 }).await;
+    release.notify_one();
+    drop(body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_go_to_another_backend_and_respect_the_method() {
+    let dead = closed_port();
+    let good = named_backend("good").await;
+    let busy = spawn_backend(|_req| {
+        Box::pin(async move {
+            let mut r = Response::new(full("busy"));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        })
+    })
+    .await;
+    let yaml = format!(
+        "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\nadmin: {{ address: 127.0.0.1:0 }}\nroutes:\n\
+         \x20 - {{ name: dead, match: {{ path_prefix: /dead }}, pool: dead }}\n\
+         \x20 - {{ name: busy, pool: busy }}\npools:\n\
+         \x20 dead:\n    retry: {{ attempts: 2, backoff: {{ base: 1ms, max: 5ms }} }}\n    backends: [{{ address: {dead} }}, {{ address: {} }}]\n\
+         \x20 busy:\n    retry: {{ attempts: 2, backoff: {{ base: 1ms, max: 5ms }} }}\n    backends: [{{ address: {} }}, {{ address: {} }}]\n",
+        good.addr, busy.addr, good.addr
+    );
+    let proxy = spawn_proxy(&yaml);
+    // Connect errors are retried for any method, with the small body replayed.
+    for method in ["GET", "POST"] {
+        for _ in 0..4 {
+            let req = Request::builder()
+                .method(method)
+                .uri(proxy.url("public", "/dead"))
+                .body(Full::new(Bytes::from_static(b"payload")))
+                .unwrap();
+            let r = send(&client(), req).await;
+            assert_eq!(
+                (r.status.as_u16(), r.text().as_str()),
+                (200, "good"),
+                "{method}"
+            );
+        }
+    }
+    // A 503 is retried for GET (on the other backend) but not for POST.
+    for _ in 0..4 {
+        assert_eq!(get(&proxy.url("public", "/b")).await.text(), "good");
+    }
+    let mut post_503 = 0;
+    for _ in 0..4 {
+        let req = Request::post(proxy.url("public", "/b"))
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        post_503 += usize::from(send(&client(), req).await.status == 503);
+    }
+    assert_eq!(
+        post_503, 2,
+        "round-robin: half the POSTs hit the busy backend and are not retried"
+    );
+    let m = metrics_text(&proxy).await;
+    assert!(
+        metric(
+            &m,
+            "sandgate_retries_total{pool=\"dead\",reason=\"connect_error\"}"
+        )
+        .unwrap()
+            >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "sandgate_retries_total{pool=\"busy\",reason=\"503\"}").unwrap() >= 2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_stops_a_retry_storm() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let mut failing = Vec::new();
+    for _ in 0..2 {
+        let n = Arc::clone(&attempts);
+        failing.push(
+            spawn_backend(move |_req| {
+                n.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let mut r = Response::new(full("down"));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    r
+                })
+            })
+            .await,
+        );
+    }
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "    retry: {{ attempts: 5, budget: 10%, backoff: {{ base: 1ms, max: 2ms }} }}\n    backends: [{{ address: {} }}, {{ address: {} }}]\n",
+        failing[0].addr, failing[1].addr
+    )));
+    let url = proxy.url("public", "/");
+    let requests = 40;
+    let mut tasks = Vec::new();
+    for _ in 0..requests {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move { get(&url).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 503);
+    }
+    let total = attempts.load(Ordering::SeqCst);
+    // Without a budget this would be 5 tries per request.
+    assert!(
+        total < requests * 2,
+        "{total} upstream attempts for {requests} requests"
+    );
+    let m = metrics_text(&proxy).await;
+    assert!(
+        metric(&m, "sandgate_retry_budget_exhausted_total{pool=\"p\"}").unwrap() > 0.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_headers() {
+    let a = named_backend("a").await;
+    let yaml = format!(
+        "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\nadmin: {{ address: 127.0.0.1:0 }}\nroutes:\n\
+         \x20 - {{ name: api, pool: p, rate_limit: {{ key: 'header:x-api-key', rate: 1/m, burst: 2 }} }}\n\
+         pools:\n  p: {{ backends: [{{ address: {} }}] }}\n",
+        a.addr
+    );
+    let proxy = spawn_proxy(&yaml);
+    let url = proxy.url("public", "/");
+    let r1 = get_with(&url, &[("x-api-key", "alice")]).await;
+    assert_eq!(r1.status, 200);
+    assert_eq!(r1.header("ratelimit-limit"), Some("2"));
+    assert_eq!(r1.header("ratelimit-remaining"), Some("1"));
+    let r2 = get_with(&url, &[("x-api-key", "alice")]).await;
+    assert_eq!(
+        (r2.status.as_u16(), r2.header("ratelimit-remaining")),
+        (200, Some("0"))
+    );
+    let r3 = get_with(&url, &[("x-api-key", "alice")]).await;
+    assert_eq!(r3.status, 429);
+    assert_eq!(r3.json()["error"], "rate_limited");
+    assert_eq!(r3.header("ratelimit-remaining"), Some("0"));
+    let retry_after: u64 = r3.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let reset: u64 = r3.header("ratelimit-reset").unwrap().parse().unwrap();
+    assert!(reset >= retry_after && reset <= 120, "{reset}");
+    // Another key has its own bucket.
+    assert_eq!(get_with(&url, &[("x-api-key", "bob")]).await.status, 200);
+    let m = metrics_text(&proxy).await;
+    assert_eq!(
+        metric(&m, "sandgate_rate_limited_total{route=\"api\"}"),
+        Some(1.0)
+    );
+    assert!(m.contains("sandgate_requests_total{route=\"api\",code=\"429\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheds_requests_past_max_inflight_and_connections_past_max_connections() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let backend = held_backend("held;", "done", Arc::clone(&release)).await;
+    let yaml = basic_config(&format!(
+        "    backends: [{{ address: {} }}]\n",
+        backend.addr
+    ))
+    .replace(
+        "admin:\n",
+        "limits: { max_inflight: 2, max_connections: 4 }\nadmin:\n",
+    );
+    let proxy = spawn_proxy(&yaml);
+    let url = proxy.url("public", "/");
+    let b1 = open_stream(&url).await;
+    let b2 = open_stream(&url).await;
+    let r = get(&url).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    release.notify_one();
+    b1.collect().await.unwrap();
+    release.notify_one();
+    b2.collect().await.unwrap();
+    // Slots are free again (each probe pre-releases the held backend).
+    wait_until_async(|| async {
+        release.notify_one();
+        get(&url).await.status == 200
+    })
+    .await;
+
+    // Connections: four stay open; the fifth is answered 503 and closed.
+    let admin = proxy.admin_url("/metrics");
+    wait_until_async(|| async {
+        metric(
+            &get(&admin).await.text(),
+            "sandgate_connections_open{listener=\"public\"}",
+        ) == Some(0.0)
+    })
+    .await;
+    let addr = proxy.listeners["public"];
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.ok();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .ok();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("Connection: close"));
+    drop(held);
+    let m = metrics_text(&proxy).await;
+    assert!(metric(&m, "sandgate_shed_total{reason=\"inflight\"}").unwrap() >= 1.0);
+    assert!(metric(&m, "sandgate_shed_total{reason=\"connections\"}").unwrap() >= 1.0);
+}
+
+/// Polls `f` until true (bounded: 10 s).
+async fn wait_until(f: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached in 10s");
+}
+
+async fn wait_until_async<F, Fut>(f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached in 10s");
+}
