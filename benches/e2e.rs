@@ -9,19 +9,20 @@
 //!
 //! Knobs: SANDGATE_BENCH_SECS (default 5), SANDGATE_BENCH_CONNS (default 32).
 
-use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-const BODY: &[u8] = b"{\"sandbox\":\"ok\",\"result\":\"hello from the sandbox\"}\n";
+mod support;
+
+use support::{
+    current_thread, free_port, read_line, spawn_backend, spawn_role, wait_port, Proc, BODY,
+};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -31,10 +32,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    match std::env::var("SANDGATE_BENCH_ROLE").as_deref() {
-        Ok("backend") => return backend(),
-        Ok("load") => return load(),
-        _ => {}
+    let load_role = |role: &str| {
+        role == "load" && {
+            load();
+            true
+        }
+    };
+    if support::run_role(&load_role) {
+        return;
     }
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / test harness probing
@@ -43,38 +48,6 @@ fn main() {
 }
 
 // ---------- roles ----------
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Serves BODY on 127.0.0.1:0 and prints the port on stdout.
-fn backend() {
-    current_thread().block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("{}", l.local_addr().expect("addr").port());
-        std::io::stdout().flush().ok();
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            s.set_nodelay(true).ok();
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-}
 
 /// Runs keep-alive GET load against SANDGATE_BENCH_TARGET and prints
 /// `requests errors p50_us p99_us elapsed_s`.
@@ -155,53 +128,6 @@ fn load() {
 
 // ---------- orchestration ----------
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_role(role: &str, envs: &[(&str, String)]) -> Child {
-    let mut c = Command::new(std::env::current_exe().expect("exe"));
-    c.env("SANDGATE_BENCH_ROLE", role)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.spawn().expect("spawn role")
-}
-
-fn read_line(child: &mut Child) -> String {
-    use std::io::BufRead;
-    let out = child.stdout.as_mut().expect("stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("read");
-    line.trim().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn wait_port(port: u16) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 /// utime + stime of a process (and its threads), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -280,9 +206,9 @@ fn orchestrate() {
     let mut backends = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..2 {
-        let mut c = spawn_role("backend", &[]);
-        ports.push(read_line(&mut c).parse::<u16>().expect("backend port"));
-        backends.push(Proc(c));
+        let (p, port) = spawn_backend();
+        ports.push(port);
+        backends.push(p);
     }
     println!(
         "e2e: keep-alive HTTP/1.1 GET, {}-byte body, {} connections, {}s per run, 1 worker per proxy, backends {:?}",

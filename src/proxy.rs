@@ -249,6 +249,8 @@ async fn forward<'s>(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
+    let may_replay = idempotent(&parts.method);
+    let mut head_slot = Some(parts);
     let _active = Active::new(entry);
     // The retry in flight, if any: it counts against the budget until its try is over.
     let mut _retrying: Option<Retrying<'_>> = None;
@@ -259,7 +261,10 @@ async fn forward<'s>(
         let attempt = outcome.attempts;
 
         // select + admit
-        let admitted = match admit(entry, conn, &parts, &tried, start).await {
+        let Some(parts) = head_slot.as_ref() else {
+            fail!(ProxyError::BadRequest("request head already sent"))
+        };
+        let admitted = match admit(entry, conn, parts, &tried, start).await {
             Ok(a) => a,
             Err(e) => fail!(e),
         };
@@ -274,7 +279,15 @@ async fn forward<'s>(
                 "request body already sent".into()
             ))
         };
-        let mut head = clone_head(&parts);
+        // Only a try that may be followed by another needs a copy of the head.
+        let mut head = if attempt < max_attempts {
+            clone_head(parts)
+        } else {
+            match head_slot.take() {
+                Some(p) => p,
+                None => fail!(ProxyError::BadRequest("request head already sent")),
+            }
+        };
         head.uri = match upstream_uri(backend, &path) {
             Some(u) => u,
             None => fail!(ProxyError::BadRequest("invalid request target")),
@@ -312,7 +325,7 @@ async fn forward<'s>(
             let again = attempt < max_attempts
                 && r.on.contains(upstream_outcome)
                 && (replayable || matches!(req_body, ReqBody::Stream(Some(_))))
-                && (idempotent(&parts.method) || upstream_outcome == Outcome::ConnectError);
+                && (may_replay || upstream_outcome == Outcome::ConnectError);
             if again {
                 // This request's previous retry (if any) is over: release it before asking.
                 _retrying = None;

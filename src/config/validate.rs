@@ -1142,4 +1142,40 @@ pools:
             ]
         );
     }
+
+    #[test]
+    fn protection_keys_are_validated() {
+        let src = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+limits: { max_inflight: 0 }
+routes:
+  - { name: r, pool: p, rate_limit: { rate: 10/fortnight, key: 'cookie:x' } }
+pools:
+  p:
+    health_check: { path: healthz, interval: 1s, timeout: 2s, jitter: lots, expect_status: 600-700 }
+    circuit_breaker: { failure_on: [connect_error, teapot], open_for: 10s, max_open_for: 1s }
+    retry: { attempts: 0, budget: 150% }
+    max_connections: 0
+    backends: [{ address: 127.0.0.1:2 }]
+";
+        let e = errs(src);
+        let want = [
+            "line 2: limits.max_inflight: must be at least 1",
+            "line 4: routes[0].rate_limit.key: invalid key \"cookie:x\"; write client_ip or header:NAME",
+            "line 4: routes[0].rate_limit.rate: invalid rate \"10/fortnight\"; write e.g. 100/s, 600/m or 3600/h",
+            "line 7: pools.p.health_check.path: must start with /",
+            "line 7: pools.p.health_check.expect_status: invalid status range \"600-700\"; write e.g. 200-399 or 200,204",
+            "line 7: pools.p.health_check.timeout: must not exceed interval",
+            "line 7: pools.p.health_check.jitter: invalid percentage \"lots\"; write e.g. 50%",
+            "line 8: pools.p.circuit_breaker.max_open_for: must be at least open_for",
+            "line 8: pools.p.circuit_breaker.failure_on[1]: unknown outcome \"teapot\"; use connect_error, timeout, error, 5xx or a status code",
+            "line 9: pools.p.retry.attempts: must be at least 1",
+            "line 9: pools.p.retry.budget: invalid percentage \"150%\"; write e.g. 50%",
+            "line 10: pools.p.max_connections: must be at least 1",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x == w), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
 }

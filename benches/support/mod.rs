@@ -1,0 +1,138 @@
+//! Shared by the load benchmarks: this binary re-executed as a backend process, process
+//! handles that clean up, and port helpers. Only loopback addresses are used.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// The small response body every bench backend sends.
+pub const BODY: &[u8] = b"{\"sandbox\":\"ok\",\"result\":\"hello from the sandbox\"}\n";
+
+/// A child process that is killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A single-threaded runtime.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// If this process was started as a role, runs it and returns true.
+pub fn run_role(extra: &dyn Fn(&str) -> bool) -> bool {
+    match std::env::var("SANDGATE_BENCH_ROLE").as_deref() {
+        Ok("backend") => {
+            backend();
+            true
+        }
+        Ok(role) => extra(role),
+        Err(_) => false,
+    }
+}
+
+/// Serves BODY on 127.0.0.1:0 and prints the port on stdout.
+fn backend() {
+    current_thread().block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", l.local_addr().expect("addr").port());
+        std::io::stdout().flush().ok();
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            s.set_nodelay(true).ok();
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Starts this binary as `role` with extra environment.
+pub fn spawn_role(role: &str, envs: &[(&str, String)]) -> Child {
+    let mut c = Command::new(std::env::current_exe().expect("exe"));
+    c.env("SANDGATE_BENCH_ROLE", role)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn role")
+}
+
+/// Starts a backend process; returns it and its port.
+pub fn spawn_backend() -> (Proc, u16) {
+    let mut c = spawn_role("backend", &[]);
+    let port = read_line(&mut c).parse::<u16>().expect("backend port");
+    (Proc(c), port)
+}
+
+/// One line of a child's stdout.
+pub fn read_line(child: &mut Child) -> String {
+    let out = child.stdout.as_mut().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("read");
+    line.trim().to_owned()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// Waits (up to 10 s) until something listens on `port`.
+pub fn wait_port(port: u16) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Starts sandgate with `yaml`; returns it once its first listener port accepts.
+pub fn spawn_sandgate(dir: &std::path::Path, yaml: &str, port: u16) -> Proc {
+    let cfg = dir.join("sandgate.yaml");
+    std::fs::write(&cfg, yaml).expect("write config");
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sandgate"),
+    );
+    assert!(wait_port(port), "sandgate did not start");
+    p
+}
