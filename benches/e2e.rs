@@ -21,7 +21,8 @@ use hyper_util::rt::TokioIo;
 mod support;
 
 use support::{
-    current_thread, free_port, read_line, spawn_backend, spawn_role, wait_port, Proc, BODY,
+    current_thread, free_port, read_line, spawn_backend, spawn_role, spawn_sandgate, wait_port,
+    Proc, BODY,
 };
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -221,29 +222,13 @@ fn orchestrate() {
 
     // sandgate
     let sg_port = free_port();
-    let cfg = dir.path().join("sandgate.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let sg_yaml = format!(
             "listeners: [{{ name: bench, address: 127.0.0.1:{sg_port} }}]\nruntime: {{ worker_threads: 1 }}\n\
              routes: [{{ name: bench, pool: b }}]\npools:\n  b:\n    backends:\n      - {{ address: 127.0.0.1:{} }}\n      - {{ address: 127.0.0.1:{} }}\n",
             ports[0], ports[1]
-        ),
-    )
-    .expect("write config");
-    let sg = Proc(
-        Command::new(env!("CARGO_BIN_EXE_sandgate"))
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn sandgate"),
     );
-    if wait_port(sg_port) {
-        results.push(run_load("sandgate", sg_port, &[sg.0.id()]));
-    }
+    let sg = spawn_sandgate(dir.path(), &sg_yaml, sg_port);
+    results.push(run_load("sandgate", sg_port, &[sg.0.id()]));
     drop(sg);
 
     // nginx

@@ -58,27 +58,7 @@ async fn killed_backend_under_load_with_retries_loses_no_request() {
     )));
     let url = proxy.url("public", "/work");
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (url.clone(), Arc::clone(&stop));
-        workers.push(tokio::spawn(async move {
-            let c = client();
-            let (mut ok, mut failed) = (0u32, 0u32);
-            for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match c.request(Request::get(&url).body(empty()).unwrap()).await {
-                    Ok(r) if r.status() == 200 => {
-                        r.into_body().collect().await.ok();
-                        ok += 1;
-                    }
-                    _ => failed += 1,
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let workers = load_workers(&url, 4, &stop);
     // Let traffic flow, then kill b.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(b.hits() > 0);
@@ -105,12 +85,7 @@ async fn killed_backend_under_load_with_retries_loses_no_request() {
     let before = metric(&metrics_text(&proxy).await, &b_label).unwrap_or(0.0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, 0);
-    for w in workers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed) = load_totals(workers).await;
     let after = metric(&metrics_text(&proxy).await, &b_label).unwrap_or(0.0);
     assert_eq!(before, after, "requests still reached the dead backend");
     assert!(ok > 100, "{ok}");

@@ -57,40 +57,37 @@ async fn routes_by_host_wildcard_prefix_and_headers() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_robin_is_an_exact_rotation() {
+/// The backend names of `n` sequential requests through a pool of backends a, b, c with
+/// `strategy` and `weights`.
+async fn sequence(strategy: &str, weights: [u32; 3], n: usize) -> String {
     let (a, b, c) = (
         named_backend("a").await,
         named_backend("b").await,
         named_backend("c").await,
     );
-    let proxy = spawn_proxy(&basic_config(&format!(
-        "    strategy: round_robin\n    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n      - {{ address: {} }}\n",
-        a.addr, b.addr, c.addr
-    )));
+    let mut pool = format!("    strategy: {strategy}\n    backends:\n");
+    for (be, w) in [&a, &b, &c].iter().zip(weights) {
+        pool.push_str(&format!(
+            "      - {{ address: {}, weight: {w} }}\n",
+            be.addr
+        ));
+    }
+    let proxy = spawn_proxy(&basic_config(&pool));
     let mut seq = String::new();
-    for _ in 0..9 {
+    for _ in 0..n {
         seq.push_str(&get(&proxy.url("public", "/")).await.text());
     }
-    assert_eq!(seq, "abcabcabc");
+    seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_an_exact_rotation() {
+    assert_eq!(sequence("round_robin", [1, 1, 1], 9).await, "abcabcabc");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_is_smooth_like_nginx() {
-    let (a, b, c) = (
-        named_backend("a").await,
-        named_backend("b").await,
-        named_backend("c").await,
-    );
-    let proxy = spawn_proxy(&basic_config(&format!(
-        "    strategy: weighted\n    backends:\n      - {{ address: {}, weight: 5 }}\n      - {{ address: {}, weight: 1 }}\n      - {{ address: {}, weight: 1 }}\n",
-        a.addr, b.addr, c.addr
-    )));
-    let mut seq = String::new();
-    for _ in 0..14 {
-        seq.push_str(&get(&proxy.url("public", "/")).await.text());
-    }
-    assert_eq!(seq, "aabacaaaabacaa");
+    assert_eq!(sequence("weighted", [5, 1, 1], 14).await, "aabacaaaabacaa");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,12 +165,7 @@ async fn slow_stream_reaches_the_client_chunk_by_chunk() {
     )));
     let mut body = open_stream(&proxy.url("public", "/stream")).await;
     // The first chunk arrives while the backend is still holding the second one back.
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .expect("first chunk was buffered instead of streamed")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "first\n");
+    assert_eq!(next_chunk(&mut body).await, "first\n");
     release.notify_one();
     let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
         .await
@@ -392,7 +384,7 @@ async fn inflight_counts_until_the_body_ends() {
         backend.addr
     )));
     let mut body = open_stream(&proxy.url("public", "/")).await;
-    body.frame().await.unwrap().unwrap();
+    next_chunk(&mut body).await;
     let inflight = || async {
         get(&proxy.admin_url("/admin/backends")).await.json()["pools"][0]["backends"][0]["inflight"]
             .as_u64()

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::Request;
 use http_body_util::BodyExt;
 
 fn one_pool(addr: std::net::SocketAddr) -> String {
@@ -97,10 +96,7 @@ async fn request_in_flight_across_a_reload_completes() {
     let fresh = named_backend("new").await;
     let proxy = spawn_proxy(&one_pool(slow.addr));
     let mut body = open_stream(&proxy.url("public", "/")).await;
-    assert_eq!(
-        body.frame().await.unwrap().unwrap().into_data().unwrap(),
-        "start;"
-    );
+    assert_eq!(next_chunk(&mut body).await, "start;");
 
     // Reload to a config without the slow backend while its response is mid-body.
     assert_eq!(proxy.reload(&one_pool(fresh.addr)), Reload::Applied(2));
@@ -121,29 +117,7 @@ async fn no_request_fails_during_reloads_under_load() {
     let proxy = spawn_proxy(&one_pool(a.addr));
     let url = proxy.url("public", "/");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (url.clone(), Arc::clone(&stop));
-        workers.push(tokio::spawn(async move {
-            let c = client();
-            let (mut ok, mut failed) = (0u32, 0u32);
-            // Bounded: at most 20k requests or until told to stop.
-            for _ in 0..20_000 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let req = Request::get(&url).body(empty()).unwrap();
-                match c.request(req).await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.into_body().collect().await;
-                        ok += 1;
-                    }
-                    _ => failed += 1,
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let workers = load_workers(&url, 4, &stop);
     for i in 0..6 {
         let next = if i % 2 == 0 { b.addr } else { a.addr };
         assert!(matches!(proxy.reload(&one_pool(next)), Reload::Applied(_)));
@@ -151,12 +125,7 @@ async fn no_request_fails_during_reloads_under_load() {
         assert_eq!(proxy.reload(&bad), Reload::Rejected);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, 0);
-    for w in workers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed) = load_totals(workers).await;
     assert!(ok > 0);
     assert_eq!(
         failed,
@@ -173,10 +142,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut proxy = spawn_proxy(&one_pool(slow.addr));
     let url = proxy.url("public", "/");
     let mut body = open_stream(&url).await;
-    assert_eq!(
-        body.frame().await.unwrap().unwrap().into_data().unwrap(),
-        "start;"
-    );
+    assert_eq!(next_chunk(&mut body).await, "start;");
 
     proxy.signal("TERM");
     proxy
