@@ -2,18 +2,21 @@
 //!
 //! # Layout
 //!
-//! Request path (hot, lock-free, one snapshot load per request):
-//! `server` accepts (TLS in `tls`) and hands each request to `proxy::handle`, the one place that
-//! orders the stages: `router` -> `balance` (pool + strategy over `backend`s) -> `upstream`
-//! (pooled client) -> `body` (streams the response and holds the in-flight slot). `headers`
-//! rewrites headers; `error` maps every failure to one status and JSON body.
+//! Request path (hot, one snapshot load per request):
+//! `server` accepts (TLS in `tls`, connection shedding in `limit`) and hands each request to
+//! `proxy::handle`, the one place that orders the stages: shedding and rate limits (`limit`)
+//! -> `router` -> `balance` (pool + strategy over `backend`s, whose state carries health, the
+//! `breaker` and the concurrency cap; `queue` when all are full) -> `upstream` (pooled client,
+//! retries decided in `proxy`) -> `body` (streams the response and holds the in-flight slots).
+//! `headers` rewrites headers; `error` maps every failure to one status and JSON body.
 //!
 //! Reload path (cold, one writer): `reload` watches the file and SIGHUP, `config` parses and
 //! validates (all errors, with lines), `state::Snapshot::build` carries backend state over by
 //! address, and one `ArcSwap` store publishes it.
 //!
-//! Around them: `admin` (metrics, health, readiness, backends), `metrics` (every metric name),
-//! `app` (wiring and shutdown), `demo` (built-in sandbox backends for `sandgate demo`).
+//! Around them: `health` (active checks on their own tasks), `admin` (metrics, health,
+//! readiness, backends), `metrics` (every metric name), `app` (wiring and shutdown), `demo`
+//! (built-in sandbox backends for `sandgate demo`).
 
 pub mod admin;
 pub mod app;
