@@ -58,9 +58,14 @@ fn init_logging(format: LogFormat) {
 }
 
 fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime does the same work without the work-stealing
+    // scheduler's cross-thread bookkeeping.
+    let mut b = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all();
-    if let Some(n) = worker_threads {
+    if let Some(n) = worker_threads.filter(|n| *n > 1) {
         b.worker_threads(n);
     }
     b.build()

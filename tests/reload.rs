@@ -114,14 +114,20 @@ async fn request_in_flight_across_a_reload_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_during_reloads_under_load() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let proxy = spawn_proxy(&one_pool(a.addr));
+    // One worker thread: the current-thread runtime serves while reloads happen.
+    let one_worker =
+        |addr| one_pool(addr).replace("admin:\n", "runtime: { worker_threads: 1 }\nadmin:\n");
+    let proxy = spawn_proxy(&one_worker(a.addr));
     let url = proxy.url("public", "/");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers = load_workers(&url, 4, &stop);
     for i in 0..6 {
         let next = if i % 2 == 0 { b.addr } else { a.addr };
-        assert!(matches!(proxy.reload(&one_pool(next)), Reload::Applied(_)));
-        let bad = one_pool(next).replace("pool: p", "pool: nope");
+        assert!(matches!(
+            proxy.reload(&one_worker(next)),
+            Reload::Applied(_)
+        ));
+        let bad = one_worker(next).replace("pool: p", "pool: nope");
         assert_eq!(proxy.reload(&bad), Reload::Rejected);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -139,7 +145,9 @@ async fn no_request_fails_during_reloads_under_load() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let release = Arc::new(tokio::sync::Notify::new());
     let slow = held_backend("start;", "done", Arc::clone(&release)).await;
-    let mut proxy = spawn_proxy(&one_pool(slow.addr));
+    let mut proxy = spawn_proxy(
+        &one_pool(slow.addr).replace("admin:\n", "runtime: { worker_threads: 1 }\nadmin:\n"),
+    );
     let url = proxy.url("public", "/");
     let mut body = open_stream(&url).await;
     assert_eq!(next_chunk(&mut body).await, "start;");
