@@ -161,6 +161,11 @@ impl BackendState {
         None
     }
 
+    /// The pool's wait queue.
+    pub fn queue(&self) -> Arc<WaitQueue> {
+        Arc::clone(&self.queue)
+    }
+
     /// Remembers why the last health check failed (for the admin API).
     pub fn set_last_check_error(&self, why: String) {
         *self
@@ -287,7 +292,7 @@ impl BackendState {
     pub fn acquire(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.metrics.inflight.increment(1.0);
-        InflightGuard(Arc::clone(self))
+        InflightGuard::armed(Arc::clone(self))
     }
 
     /// Takes one of `cap` slots (0: unlimited), or None when all are taken.
@@ -308,7 +313,7 @@ impl BackendState {
             ) {
                 Ok(_) => {
                     self.metrics.inflight.increment(1.0);
-                    return Some(InflightGuard(Arc::clone(self)));
+                    return Some(InflightGuard::armed(Arc::clone(self)));
                 }
                 Err(now) => cur = now,
             }
@@ -325,23 +330,40 @@ fn epoch() -> Instant {
 /// Holds one in-flight slot of a backend; released on drop (when the response body ends or the
 /// client goes away). If requests wait in the pool's queue, the slot is handed to the oldest
 /// one instead of being released, so a freed slot always goes to the longest waiter.
-pub struct InflightGuard(Arc<BackendState>);
+pub struct InflightGuard {
+    state: Arc<BackendState>,
+    /// False once the slot has been handed on or given back by other means.
+    armed: bool,
+}
 
 impl InflightGuard {
+    fn armed(state: Arc<BackendState>) -> Self {
+        Self { state, armed: true }
+    }
+
     /// The backend this slot belongs to.
     pub fn state(&self) -> &Arc<BackendState> {
-        &self.0
+        &self.state
+    }
+
+    /// Forgets the slot without releasing it (its count is accounted for elsewhere).
+    fn disarm(mut self) {
+        self.armed = false;
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let s = &self.0;
+        if !self.armed {
+            return;
+        }
+        let s = &self.state;
         if s.is_healthy() && s.queue.has_waiters() {
-            // Hand the slot over: the count stays as it is. If that waiter has just gone, the
-            // returned guard drops in turn and tries the next one.
-            if s.queue.hand_off(InflightGuard(Arc::clone(s))).is_ok() {
-                return;
+            // Hand the slot over: the count stays as it is. `hand_off` tries waiters in order
+            // and gives the guard back only when none is left to take it.
+            match s.queue.hand_off(InflightGuard::armed(Arc::clone(s))) {
+                Ok(()) => return,
+                Err(unused) => unused.disarm(),
             }
         }
         s.inflight.fetch_sub(1, Ordering::Relaxed);

@@ -70,21 +70,26 @@ impl WaitQueue {
         self.depth.load(Ordering::Acquire)
     }
 
-    /// Gives `slot` to the oldest live waiter; returns it when there is none (or the one
-    /// picked left just now, in which case dropping it tries the next).
-    pub fn hand_off(&self, slot: InflightGuard) -> Result<(), InflightGuard> {
-        let tx = {
-            let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                match q.pop_front() {
-                    Some(tx) if tx.is_closed() => continue,
-                    other => break other,
+    /// Gives `slot` to the oldest waiter still waiting, trying the next one when a waiter
+    /// leaves at the same moment; returns the slot when nobody is left to take it.
+    pub fn hand_off(&self, mut slot: InflightGuard) -> Result<(), InflightGuard> {
+        loop {
+            let tx = {
+                let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    match q.pop_front() {
+                        Some(tx) if tx.is_closed() => continue,
+                        other => break other,
+                    }
                 }
+            };
+            match tx {
+                None => return Err(slot),
+                Some(tx) => match tx.send(slot) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => slot = back,
+                },
             }
-        };
-        match tx {
-            Some(tx) => tx.send(slot),
-            None => Err(slot),
         }
     }
 
@@ -116,5 +121,62 @@ impl WaitQueue {
                 Err(Rejected::Timeout)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::WaitQueue;
+    use crate::backend::BackendState;
+
+    fn backend() -> Arc<BackendState> {
+        let q = Arc::new(WaitQueue::new("p"));
+        Arc::new(BackendState::new(
+            "p",
+            "127.0.0.1:1".parse().unwrap(),
+            q,
+            true,
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_waiter_and_counts_stay_exact() {
+        let b = backend();
+        let first = b.try_acquire(1).expect("free slot");
+        assert!(b.try_acquire(1).is_none(), "cap 1");
+        let queue = Arc::clone(&b.queue());
+        let waiter = tokio::spawn(async move { queue.wait(5, Duration::from_secs(5)).await });
+        while !b.queue().has_waiters() {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        let handed = waiter.await.unwrap().expect("the waiter got the slot");
+        assert_eq!(b.inflight(), 1, "handed over, not released and retaken");
+        drop(handed);
+        assert_eq!(b.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_departed_waiter_never_double_releases() {
+        let b = backend();
+        let slot = b.try_acquire(1).expect("free slot");
+        // A waiter that gives up: its entry stays queued, closed.
+        let queue = b.queue();
+        let r = queue.wait(5, Duration::from_millis(1)).await;
+        assert!(r.is_err());
+        // Another waiter that is still there.
+        let q2 = Arc::clone(&queue);
+        let waiter = tokio::spawn(async move { q2.wait(5, Duration::from_secs(5)).await });
+        while !queue.has_waiters() {
+            tokio::task::yield_now().await;
+        }
+        drop(slot);
+        let handed = waiter.await.unwrap().expect("the live waiter got the slot");
+        assert_eq!(b.inflight(), 1);
+        drop(handed);
+        assert_eq!(b.inflight(), 0, "released exactly once");
     }
 }
