@@ -64,6 +64,40 @@ pub struct BackendState {
 
 const NO_BREAKER: u8 = 3;
 
+/// A request admitted by the breaker. Record its outcome with [`BreakerPermit::record`]; if it
+/// is dropped unrecorded (the client went away), its probe slot is given back.
+pub struct BreakerPermit {
+    state: Arc<BackendState>,
+    permit: Option<Permit>,
+}
+
+impl BreakerPermit {
+    /// Records the request's outcome against the breaker.
+    pub fn record(mut self, outcome: Outcome, now: Instant) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let s = &self.state;
+        let mut g = s.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = g.as_mut() {
+            if let Some(to) = b.record(permit, outcome, now) {
+                s.breaker_moved(to, b.describe(now));
+            }
+        }
+    }
+}
+
+impl Drop for BreakerPermit {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let mut g = self.state.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = g.as_mut() {
+                b.cancel(permit);
+            }
+        }
+    }
+}
+
 /// The breaker turned a request away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerOpen;
@@ -215,7 +249,10 @@ impl BackendState {
     }
 
     /// Takes a breaker permit: `Ok(None)` without a breaker, `Err` when it rejects.
-    pub fn breaker_permit(&self, now: Instant) -> Result<Option<Permit>, BreakerOpen> {
+    pub fn breaker_permit(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> Result<Option<BreakerPermit>, BreakerOpen> {
         if self.breaker_fast.load(Ordering::Relaxed) == NO_BREAKER {
             return Ok(None);
         }
@@ -225,17 +262,11 @@ impl BackendState {
         if let Some(s) = moved {
             self.breaker_moved(s, b.describe(now));
         }
-        permit.map(Some).ok_or(BreakerOpen)
-    }
-
-    /// Records an outcome against the breaker.
-    pub fn breaker_record(&self, permit: Permit, outcome: Outcome, now: Instant) {
-        let mut g = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = g.as_mut() {
-            if let Some(s) = b.record(permit, outcome, now) {
-                self.breaker_moved(s, b.describe(now));
-            }
-        }
+        let permit = permit.ok_or(BreakerOpen)?;
+        Ok(Some(BreakerPermit {
+            state: Arc::clone(self),
+            permit: Some(permit),
+        }))
     }
 
     fn breaker_moved(&self, s: State, why: Option<String>) {

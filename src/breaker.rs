@@ -192,6 +192,14 @@ impl Breaker {
         }
     }
 
+    /// Gives back a permit whose request ended without an outcome (the client went away):
+    /// a probe's slot is freed, and nothing is counted.
+    pub fn cancel(&mut self, permit: Permit) {
+        if let (State::HalfOpen, Permit::Probe) = (self.state, permit) {
+            self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        }
+    }
+
     /// Why the breaker last opened, and until when (for the admin API).
     pub fn describe(&self, now: Instant) -> Option<String> {
         match self.state(now) {
@@ -383,6 +391,24 @@ mod tests {
         }
         assert_eq!(b.state(now), State::Closed);
         assert_eq!(b.current_open_for(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_cancelled_probe_frees_its_slot() {
+        let t = Instant::now();
+        let mut b = Breaker::new(cfg(), t);
+        for _ in 0..3 {
+            hit(&mut b, FAIL, t);
+        }
+        let t1 = t + Duration::from_secs(5);
+        let (p1, _) = b.acquire(t1);
+        let (p2, _) = b.acquire(t1);
+        assert!(!b.available(t1), "both probe slots taken");
+        b.cancel(p1.unwrap());
+        assert!(b.available(t1), "the client of one probe went away");
+        let (p3, _) = b.acquire(t1);
+        assert_eq!(b.record(p2.unwrap(), OK, t1), None);
+        assert_eq!(b.record(p3.unwrap(), OK, t1), Some(State::Closed));
     }
 
     #[test]

@@ -30,10 +30,9 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::backend::{Backend, InflightGuard};
+use crate::backend::{Backend, BreakerPermit, InflightGuard};
 use crate::balance::PickCtx;
 use crate::body::ProxyBody;
-use crate::breaker::Permit;
 use crate::config::{Outcome, RetryConfig};
 use crate::error::ProxyError;
 use crate::headers::{self, VIA_VALUE, X_REQUEST_ID};
@@ -317,7 +316,7 @@ async fn forward<'s>(
         };
         state.upstream_requests.outcome_of(upstream_outcome);
         if let Some(p) = admitted.permit {
-            state.breaker_record(p, upstream_outcome, Instant::now());
+            p.record(upstream_outcome, Instant::now());
         }
 
         // retry?
@@ -431,7 +430,7 @@ fn upstream_uri(backend: &Backend, path: &PathAndQuery) -> Option<Uri> {
 struct Admitted {
     index: usize,
     guard: InflightGuard,
-    permit: Option<Permit>,
+    permit: Option<BreakerPermit>,
     set_cookie: Option<HeaderValue>,
     decision: Option<&'static str>,
 }
