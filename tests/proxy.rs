@@ -167,11 +167,7 @@ async fn slow_stream_reaches_the_client_chunk_by_chunk() {
     // The first chunk arrives while the backend is still holding the second one back.
     assert_eq!(next_chunk(&mut body).await, "first\n");
     release.notify_one();
-    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest_of(body).await;
     assert_eq!(rest, "second\n");
 }
 
@@ -184,18 +180,7 @@ async fn each_error_status_is_json_with_the_request_id() {
         })
     })
     .await;
-    let sink = spawn_backend(|req| {
-        Box::pin(async move {
-            let n = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes().len())
-                .unwrap_or(0);
-            Response::new(full(n.to_string()))
-        })
-    })
-    .await;
+    let sink = sink_backend().await;
     let dead = closed_port();
     let yaml = format!(
         "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\n\
@@ -258,18 +243,7 @@ async fn each_error_status_is_json_with_the_request_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_the_limit_gets_413() {
-    let sink = spawn_backend(|req| {
-        Box::pin(async move {
-            let n = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes().len())
-                .unwrap_or(0);
-            Response::new(full(n.to_string()))
-        })
-    })
-    .await;
+    let sink = sink_backend().await;
     let yaml = basic_config(&format!("    backends: [{{ address: {} }}]\n", sink.addr))
         .replace("admin:\n", "limits: { max_request_body: 1KiB }\nadmin:\n");
     let proxy = spawn_proxy(&yaml);

@@ -103,11 +103,7 @@ async fn request_in_flight_across_a_reload_completes() {
     assert_eq!(get(&proxy.url("public", "/")).await.text(), "new");
 
     release.notify_one();
-    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest_of(body).await;
     assert_eq!(rest, "old");
 }
 

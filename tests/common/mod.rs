@@ -555,3 +555,28 @@ pub async fn next_chunk(body: &mut Incoming) -> Bytes {
         .into_data()
         .unwrap_or_default()
 }
+
+/// The rest of a streaming body (5 s limit).
+pub async fn rest_of(body: Incoming) -> Bytes {
+    tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("body did not end within 5s")
+        .expect("body error")
+        .to_bytes()
+}
+
+/// A backend that reads the whole request body and answers with its length.
+pub async fn sink_backend() -> Backend {
+    spawn_backend(|req| {
+        Box::pin(async move {
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            Response::new(full(n.to_string()))
+        })
+    })
+    .await
+}
