@@ -32,11 +32,6 @@ impl ProxyBody {
     pub fn full(b: impl Into<Bytes>) -> Self {
         ProxyBody::Full(Some(b.into()))
     }
-
-    /// An empty body.
-    pub fn empty() -> Self {
-        ProxyBody::Full(None)
-    }
 }
 
 impl Body for ProxyBody {

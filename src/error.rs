@@ -81,14 +81,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether trying again (elsewhere, later) could succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect(_) | ProxyError::Timeout(_) | ProxyError::Upstream(..)
-        )
-    }
-
     /// Status, headers and JSON body for the client.
     pub fn response(&self, request_id: &HeaderValue) -> Response<Bytes> {
         let body = serde_json::json!({

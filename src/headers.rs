@@ -48,16 +48,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// Adds the forwarding headers to a request going upstream: appends the client to
 /// `X-Forwarded-For`, overwrites `X-Forwarded-Proto` and `X-Forwarded-Host`, and adds `Via`.
 pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
-    let mut buf = itoa_ip(client);
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            let joined = format!("{}, {}", prev.trim(), buf);
-            buf = joined;
-            HeaderValue::from_str(&buf)
-        }
-        _ => HeaderValue::from_str(&buf),
+    let prev = h
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    let xff = match prev {
+        Some(prev) => format!("{prev}, {client}"),
+        None => client.to_string(),
     };
-    if let Ok(v) = xff {
+    // From a String the header value takes the buffer over instead of copying it.
+    if let Ok(v) = HeaderValue::try_from(xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(
@@ -73,10 +74,6 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<
         }
     }
     h.append(header::VIA, VIA_VALUE.clone());
-}
-
-fn itoa_ip(ip: IpAddr) -> String {
-    ip.to_string()
 }
 
 /// A fresh request id: 32 lower-case hex digits from a fast non-cryptographic generator

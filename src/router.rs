@@ -84,16 +84,6 @@ impl Router {
                     .all(|(n, v)| headers.get_all(n).iter().any(|x| x == v))
         })
     }
-
-    /// Number of routes.
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    /// Whether there are no routes.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -88,13 +88,12 @@ impl UpstreamClient {
 }
 
 fn classify(e: &hyper_util::client::legacy::Error, backend: &str) -> ProxyError {
-    let mut src: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(s) = src {
-        if let Some(l) = s.downcast_ref::<LengthLimitError>() {
-            let _ = l;
-            return ProxyError::BodyTooLarge(0);
-        }
-        src = s.source();
+    // The client's body went over the limit while streaming: the request, not the backend,
+    // is at fault (the pipeline fills in the limit).
+    let mut chain =
+        std::iter::successors(e.source(), |s: &&(dyn StdError + 'static)| (*s).source());
+    if chain.any(|s| s.is::<LengthLimitError>()) {
+        return ProxyError::BodyTooLarge(0);
     }
     if e.is_connect() {
         return ProxyError::Connect(backend.to_owned());
