@@ -145,7 +145,8 @@ impl Admin {
                             "healthy": healthy,
                             "breaker": breaker,
                             "out": out,
-                            "usable": b.is_usable(),
+                            // Health as checked, panic mode aside.
+                            "usable": b.has_slot() && b.can_serve(now, false),
                         })
                     })
                     .collect();

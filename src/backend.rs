@@ -458,9 +458,11 @@ impl Backend {
         self.max_connections == 0 || self.state.inflight() < u64::from(self.max_connections)
     }
 
-    /// Whether selection may pick this backend now: healthy, breaker not open, not full.
+    /// Whether the backend may take traffic at `now`, its cap aside: healthy (or its pool is
+    /// in panic mode) and its breaker admits requests. The one rule selection, admission,
+    /// readiness and the admin API share.
     #[inline]
-    pub fn is_usable(&self) -> bool {
-        self.state.is_healthy() && self.has_slot() && self.state.breaker_available(Instant::now())
+    pub fn can_serve(&self, now: Instant, panic: bool) -> bool {
+        (panic || self.state.is_healthy()) && self.state.breaker_available(now)
     }
 }

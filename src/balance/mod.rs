@@ -70,10 +70,7 @@ impl Env<'_> {
     #[inline]
     pub fn usable(&self, i: usize) -> bool {
         let b = &self.backends[i];
-        (self.panic || b.state.is_healthy())
-            && b.has_slot()
-            && !self.exclude.contains(&i)
-            && b.state.breaker_available(self.now)
+        !self.exclude.contains(&i) && b.has_slot() && b.can_serve(self.now, self.panic)
     }
 
     /// Slow-start share of backend `i` (1.0 when not ramping).
@@ -263,12 +260,10 @@ impl Pool {
     /// waiting in the queue makes sense.
     pub fn all_busy(&self, now: Instant, exclude: &[usize]) -> bool {
         let panic = self.in_panic();
-        self.backends.iter().enumerate().any(|(i, b)| {
-            !b.has_slot()
-                && (panic || b.state.is_healthy())
-                && !exclude.contains(&i)
-                && b.state.breaker_available(now)
-        })
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| !b.has_slot() && !exclude.contains(&i) && b.can_serve(now, panic))
     }
 
     /// Index of the backend whose state is `state`.
@@ -311,9 +306,7 @@ impl Pool {
     pub fn has_usable(&self) -> bool {
         let now = Instant::now();
         let panic = self.in_panic();
-        self.backends
-            .iter()
-            .any(|b| (panic || b.state.is_healthy()) && b.state.breaker_available(now))
+        self.backends.iter().any(|b| b.can_serve(now, panic))
     }
 
     /// Weight of backend `i` after slow start, at `now`.
