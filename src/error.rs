@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::config::Outcome;
+
 /// Why sandgate answered instead of a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -78,6 +80,16 @@ impl ProxyError {
             ProxyError::QueueFull(_) => "queue_full",
             ProxyError::QueueTimeout(_) => "queue_timeout",
             ProxyError::Overloaded(_) => "overloaded",
+        }
+    }
+
+    /// How an upstream attempt that failed with this error counts for breakers, retries and
+    /// metrics.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ProxyError::Connect(_) => Outcome::ConnectError,
+            ProxyError::Timeout(_) => Outcome::Timeout,
+            _ => Outcome::Error,
         }
     }
 

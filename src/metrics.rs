@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Label, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::config::Outcome;
+
 /// `sandgate_requests_total{route,code}`
 pub const REQUESTS_TOTAL: &str = "sandgate_requests_total";
 /// `sandgate_request_duration_seconds{route}`
@@ -124,11 +126,9 @@ pub struct CodeCounters {
     label: &'static str,
     labels: Vec<Label>,
     by_code: Box<[OnceLock<Counter>]>,
-    named: [OnceLock<Counter>; NAMED.len()],
+    /// Outcomes without a status, in `Outcome` order: connect error, timeout, error.
+    named: [OnceLock<Counter>; 3],
 }
-
-/// Outcomes that have no HTTP status (the upstream gave none).
-const NAMED: [&str; 3] = ["connect_error", "timeout", "error"];
 
 impl CodeCounters {
     /// A family of `name` with the fixed `labels`, split by `code`.
@@ -164,25 +164,16 @@ impl CodeCounters {
         }
     }
 
-    /// Counts one upstream outcome: its status, or its name.
-    pub fn outcome_of(&self, o: crate::config::Outcome) {
-        use crate::config::Outcome;
-        match o {
-            Outcome::Status(s) => self.status(s),
-            Outcome::ConnectError => self.outcome("connect_error"),
-            Outcome::Timeout => self.outcome("timeout"),
-            Outcome::Error => self.outcome("error"),
-        }
-    }
-
-    /// Counts one outcome without a status: `connect_error`, `timeout` or `error`.
-    pub fn outcome(&self, outcome: &'static str) {
-        let i = NAMED
-            .iter()
-            .position(|n| *n == outcome)
-            .unwrap_or(NAMED.len() - 1);
-        self.named[i]
-            .get_or_init(|| self.make(NAMED[i].to_owned()))
+    /// Counts one upstream outcome: its status, or its name (`connect_error`, `timeout`,
+    /// `error`).
+    pub fn outcome_of(&self, o: Outcome) {
+        let slot = match o {
+            Outcome::Status(s) => return self.status(s),
+            Outcome::ConnectError => &self.named[0],
+            Outcome::Timeout => &self.named[1],
+            Outcome::Error => &self.named[2],
+        };
+        slot.get_or_init(|| self.make(o.label().into_owned()))
             .increment(1);
     }
 }

@@ -310,9 +310,7 @@ async fn forward<'s>(
         let upstream_outcome = match &result {
             Ok(r) => Outcome::Status(r.status().as_u16()),
             Err(ProxyError::BodyTooLarge(_)) => fail!(ProxyError::BodyTooLarge(max_body)),
-            Err(ProxyError::Connect(_)) => Outcome::ConnectError,
-            Err(ProxyError::Timeout(_)) => Outcome::Timeout,
-            Err(_) => Outcome::Error,
+            Err(e) => e.outcome(),
         };
         state.upstream_requests.outcome_of(upstream_outcome);
         if let Some(p) = admitted.permit {
