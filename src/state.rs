@@ -136,12 +136,45 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 
 impl Snapshot {
     /// Builds the snapshot for `cfg`. With `old`, backend state is carried over by pool and
-    /// address, and listeners keep their bound identity (see [`Snapshot::listener_changes`]).
+    /// address, and listeners keep their bound identity (see [`Snapshot::restart_needed`]).
     pub fn build(
         cfg: &Config,
         old: Option<&Snapshot>,
         upstreams: &Upstreams,
     ) -> Result<Snapshot, String> {
+        // The only step that can fail comes first: a rejected config must not touch the
+        // backend state the serving snapshot shares (health, breakers).
+        let listeners = match old {
+            None => cfg
+                .listeners
+                .iter()
+                .map(|l| {
+                    Ok(ListenerEntry {
+                        name: Arc::from(l.name.as_str()),
+                        address: l.address,
+                        tls: l.tls.as_deref().map(tls::acceptor).transpose()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+            // Bound sockets stay; a listener that is still TLS gets the new certificates.
+            Some(old) => old
+                .listeners
+                .iter()
+                .map(|ol| {
+                    let new = cfg.listeners.iter().find(|l| *l.name == *ol.name);
+                    let tls = match (new.and_then(|l| l.tls.as_deref()), &ol.tls) {
+                        (Some(pairs), Some(_)) => Some(tls::acceptor(pairs)?),
+                        (_, old_tls) => old_tls.clone(),
+                    };
+                    Ok(ListenerEntry {
+                        name: Arc::clone(&ol.name),
+                        address: ol.address,
+                        tls,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        };
+
         let mut prior: HashMap<(&str, SocketAddr), &Arc<BackendState>> = HashMap::new();
         let mut queues: HashMap<&str, &Arc<WaitQueue>> = HashMap::new();
         if let Some(old) = old {
@@ -242,37 +275,6 @@ impl Snapshot {
                 Some(kept.unwrap_or_else(|| Arc::new(RateLimiter::new(&r.name, rl.clone()))))
             })
             .collect();
-
-        let listeners = match old {
-            None => cfg
-                .listeners
-                .iter()
-                .map(|l| {
-                    Ok(ListenerEntry {
-                        name: Arc::from(l.name.as_str()),
-                        address: l.address,
-                        tls: l.tls.as_deref().map(tls::acceptor).transpose()?,
-                    })
-                })
-                .collect::<Result<Vec<_>, String>>()?,
-            // Bound sockets stay; a listener that is still TLS gets the new certificates.
-            Some(old) => old
-                .listeners
-                .iter()
-                .map(|ol| {
-                    let new = cfg.listeners.iter().find(|l| *l.name == *ol.name);
-                    let tls = match (new.and_then(|l| l.tls.as_deref()), &ol.tls) {
-                        (Some(pairs), Some(_)) => Some(tls::acceptor(pairs)?),
-                        (_, old_tls) => old_tls.clone(),
-                    };
-                    Ok(ListenerEntry {
-                        name: Arc::clone(&ol.name),
-                        address: ol.address,
-                        tls,
-                    })
-                })
-                .collect::<Result<Vec<_>, String>>()?,
-        };
 
         Ok(Snapshot {
             generation: old.map_or(1, |o| o.generation + 1),
