@@ -13,10 +13,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::error::ProxyError;
+use crate::headers;
 use crate::limit::{ConnSlot, Shedder};
 use crate::metrics::CONNECTIONS_OPEN;
 use crate::proxy::{self, ConnCtx, ConnInfo};
-use crate::state::SharedState;
+use crate::state::{SharedState, Snapshot};
 
 /// Accepts connections on `listener` until `shutdown` fires. Connection tasks are spawned on
 /// `tracker` so shutdown can wait for them.
@@ -45,15 +47,11 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let max = state.load().limits.max_connections;
-        let Some(conn_slot) = shed.connection(max) else {
-            tracker.spawn(refuse(
-                stream,
-                state
-                    .load()
-                    .listener(&name)
-                    .is_some_and(|l| l.tls.is_some()),
-            ));
+        // One snapshot load per connection: its limits, HTTP settings and TLS acceptor.
+        let snap = state.load_full();
+        let Some(conn_slot) = shed.connection(snap.limits.max_connections) else {
+            let tls = snap.listener(&name).is_some_and(|l| l.tls.is_some());
+            tracker.spawn(refuse(stream, tls));
             continue;
         };
         let ctx = ConnCtx {
@@ -68,6 +66,7 @@ pub async fn serve(
         tracker.spawn(connection(
             stream,
             ctx,
+            snap,
             open.clone(),
             shutdown.clone(),
             conn_slot,
@@ -91,15 +90,28 @@ impl Drop for OpenGuard {
 /// `Connection: close` (without reading the request), a TLS one just closes.
 async fn refuse(mut stream: TcpStream, tls: bool) {
     if !tls {
-        const BODY: &str =
-            "{\"error\":\"overloaded\",\"message\":\"too many connections\",\"status\":503}";
-        let resp = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
-            BODY.len()
+        // The answer comes from error.rs like every other error; only its framing is written
+        // here, since no HTTP connection is served.
+        let resp =
+            ProxyError::Overloaded("too many connections").response(&headers::new_request_id());
+        let mut out = format!("HTTP/1.1 {}\r\n", resp.status()).into_bytes();
+        for (name, value) in resp.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(
+            format!(
+                "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                resp.body().len()
+            )
+            .as_bytes(),
         );
+        out.extend_from_slice(resp.body());
         // Best effort: the client may already be gone.
         let write = async {
-            stream.write_all(resp.as_bytes()).await?;
+            stream.write_all(&out).await?;
             stream.shutdown().await
         };
         if let Err(e) = tokio::time::timeout(Duration::from_secs(1), write)
@@ -114,13 +126,13 @@ async fn refuse(mut stream: TcpStream, tls: bool) {
 async fn connection(
     stream: TcpStream,
     mut ctx: ConnCtx,
+    snap: Arc<Snapshot>,
     open: Gauge,
     shutdown: CancellationToken,
     _slot: ConnSlot,
 ) {
     open.increment(1.0);
     let _open = OpenGuard(open);
-    let snap = ctx.state.load_full();
     let http = Arc::clone(&snap.http);
     let tls = snap
         .listener(&ctx.conn.listener)
