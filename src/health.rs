@@ -82,7 +82,12 @@ fn jittered(interval: Duration, jitter: f64) -> Duration {
 }
 
 /// Runs one check and applies its result.
-async fn check(state: SharedState, pool: Arc<str>, backend: Arc<BackendState>, hc: HealthConfig) {
+async fn check(
+    state: SharedState,
+    pool: Arc<str>,
+    backend: Arc<BackendState>,
+    hc: Arc<HealthConfig>,
+) {
     let result = probe(backend.addr, &hc).await;
     if let Err(why) = &result {
         backend.set_last_check_error(why.clone());
@@ -112,37 +117,34 @@ async fn check(state: SharedState, pool: Arc<str>, backend: Arc<BackendState>, h
 /// Spawns the health checker; it runs until `shutdown`.
 pub fn spawn(state: SharedState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // Next due time per (pool, backend state).
-        let mut due: HashMap<(Arc<str>, SocketAddr), Instant> = HashMap::new();
-        loop {
+        // Per (pool, backend): when its next check is due, and the tick that last saw it in
+        // the snapshot (entries not seen this tick were removed by a reload).
+        let mut due: HashMap<(Arc<str>, SocketAddr), (Instant, u64)> = HashMap::new();
+        for tick in 0u64.. {
             let snap = state.load_full();
             let now = Instant::now();
             let mut wake = now + Duration::from_secs(1);
-            let mut live = Vec::new();
             for p in &snap.pools {
                 let Some(hc) = &p.health else { continue };
                 for b in &p.pool.backends {
-                    let key = (Arc::clone(&p.pool.name), b.addr());
                     // A backend seen for the first time is checked at once.
-                    let at = *due.entry(key.clone()).or_insert(now);
-                    let next = if at <= now {
+                    let (at, seen) = due
+                        .entry((Arc::clone(&p.pool.name), b.addr()))
+                        .or_insert((now, tick));
+                    *seen = tick;
+                    if *at <= now {
                         tokio::spawn(check(
                             Arc::clone(&state),
                             Arc::clone(&p.pool.name),
                             Arc::clone(&b.state),
-                            hc.clone(),
+                            Arc::clone(hc),
                         ));
-                        let n = now + jittered(hc.interval, hc.jitter);
-                        due.insert(key.clone(), n);
-                        n
-                    } else {
-                        at
-                    };
-                    wake = wake.min(next);
-                    live.push(key);
+                        *at = now + jittered(hc.interval, hc.jitter);
+                    }
+                    wake = wake.min(*at);
                 }
             }
-            due.retain(|k, _| live.contains(k));
+            due.retain(|_, (_, seen)| *seen == tick);
             drop(snap);
             tokio::select! {
                 _ = shutdown.cancelled() => return,

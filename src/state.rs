@@ -45,8 +45,8 @@ pub struct RouteStats {
 pub struct PoolEntry {
     /// Backends and strategy.
     pub pool: Pool,
-    /// Active health checks.
-    pub health: Option<HealthConfig>,
+    /// Active health checks (shared with the checker's tasks).
+    pub health: Option<Arc<HealthConfig>>,
     /// Retry settings.
     pub retry: Option<RetryConfig>,
     /// Queue settings.
@@ -229,7 +229,7 @@ impl Snapshot {
                 .collect::<Vec<_>>();
             pools.push(PoolEntry {
                 pool: Pool::new(pc, backends),
-                health: pc.health.clone(),
+                health: pc.health.clone().map(Arc::new),
                 retry: pc.retry.clone(),
                 queue_cfg: pc.queue,
                 queue,
