@@ -21,7 +21,7 @@ pub enum ProxyBody {
         /// Released when this body is dropped.
         guard: InflightGuard,
         /// The global in-flight count, released with it.
-        slot: Option<InflightSlot>,
+        slot: InflightSlot,
     },
     /// Written by sandgate (errors, admin); `None` once sent.
     Full(Option<Bytes>),

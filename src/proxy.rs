@@ -62,6 +62,7 @@ pub struct ConnCtx {
 }
 
 /// What happened to a request, for metrics and the access log.
+#[derive(Default)]
 struct Trace<'a> {
     route: Option<usize>,
     backend: Option<&'a Backend>,
@@ -79,11 +80,11 @@ pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody
     let method = req.method().clone();
     let uri = req.uri().clone();
 
-    let (resp, outcome) = match ctx.shed.request(snap.limits.max_inflight) {
+    let (resp, trace) = match ctx.shed.request(snap.limits.max_inflight) {
         Some(slot) => forward(&snap, &ctx.conn, req, &request_id, start, slot).await,
         None => (
             Err(ProxyError::Overloaded("too many requests in flight")),
-            Trace::empty(),
+            Trace::default(),
         ),
     };
     let mut resp = match resp {
@@ -92,13 +93,13 @@ pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
-    if let Some(d) = &outcome.rate {
+    if let Some(d) = &trace.rate {
         d.write_headers(resp.headers_mut());
     }
     let status = resp.status();
     let elapsed = start.elapsed();
 
-    let stats = outcome.route.and_then(|i| snap.route_stats.get(i));
+    let stats = trace.route.and_then(|i| snap.route_stats.get(i));
     if let Some(stats) = stats {
         stats.requests.status(status.as_u16());
         stats.duration.record(elapsed.as_secs_f64());
@@ -112,27 +113,14 @@ pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody
         path = uri.path(),
         status = status.as_u16(),
         route = stats.map_or("-", |s| &*s.name),
-        backend = outcome.backend.map_or("-", |b| b.authority.as_str()),
-        attempts = outcome.attempts,
-        decision = outcome.decision.unwrap_or("-"),
-        error = outcome.error.unwrap_or("-"),
+        backend = trace.backend.map_or("-", |b| b.authority.as_str()),
+        attempts = trace.attempts,
+        decision = trace.decision.unwrap_or("-"),
+        error = trace.error.unwrap_or("-"),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     resp
-}
-
-impl Trace<'_> {
-    fn empty() -> Self {
-        Self {
-            route: None,
-            backend: None,
-            decision: None,
-            attempts: 0,
-            error: None,
-            rate: None,
-        }
-    }
 }
 
 /// GET, HEAD, OPTIONS, PUT, DELETE and TRACE may be sent twice.
@@ -150,6 +138,11 @@ enum ReqBody {
 }
 
 impl ReqBody {
+    /// Whether another try can still get a body.
+    fn can_resend(&self) -> bool {
+        matches!(self, ReqBody::Replay(_) | ReqBody::Stream(Some(_)))
+    }
+
     fn take(&mut self) -> Option<UpstreamBody> {
         match self {
             ReqBody::Stream(b) => b.take().map(Either::Left),
@@ -166,12 +159,12 @@ async fn forward<'s>(
     start: Instant,
     slot: InflightSlot,
 ) -> (Result<Response<ProxyBody>, ProxyError>, Trace<'s>) {
-    let mut outcome = Trace::empty();
+    let mut trace = Trace::default();
     macro_rules! fail {
         ($e:expr) => {{
             let e = $e;
-            outcome.error = Some(e.code());
-            return (Err(e), outcome);
+            trace.error = Some(e.code());
+            return (Err(e), trace);
         }};
     }
 
@@ -190,7 +183,7 @@ async fn forward<'s>(
     ) else {
         fail!(ProxyError::NoRoute)
     };
-    outcome.route = Some(route.index);
+    trace.route = Some(route.index);
     if parts.method == Method::CONNECT {
         fail!(ProxyError::BadRequest("CONNECT is not supported"))
     }
@@ -198,7 +191,7 @@ async fn forward<'s>(
     // rate limit
     if let Some(rl) = snap.rate_limits.get(route.index).and_then(Option::as_ref) {
         let d = rl.check(conn.peer.ip(), &parts.headers, start);
-        outcome.rate = Some(d);
+        trace.rate = Some(d);
         if !d.allowed {
             fail!(ProxyError::RateLimited)
         }
@@ -228,7 +221,6 @@ async fn forward<'s>(
         },
         _ => ReqBody::Stream(Some(limited)),
     };
-    let replayable = matches!(req_body, ReqBody::Replay(_));
 
     // the upstream request head, reused for every try
     parts.version = Version::HTTP_11;
@@ -249,27 +241,23 @@ async fn forward<'s>(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     let may_replay = idempotent(&parts.method);
-    let mut head_slot = Some(parts);
     let _active = Active::new(entry);
     // The retry in flight, if any: it counts against the budget until its try is over.
     let mut _retrying: Option<Retrying<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let max_attempts = retry.map_or(1, |r| r.attempts);
     loop {
-        outcome.attempts += 1;
-        let attempt = outcome.attempts;
+        trace.attempts += 1;
+        let attempt = trace.attempts;
 
         // select + admit
-        let Some(parts) = head_slot.as_ref() else {
-            fail!(ProxyError::BadRequest("request head already sent"))
-        };
-        let admitted = match admit(entry, conn, parts, &tried, start).await {
+        let admitted = match admit(entry, conn, &parts, &tried, start).await {
             Ok(a) => a,
             Err(e) => fail!(e),
         };
         let backend = &entry.pool.backends[admitted.index];
-        outcome.backend = Some(backend);
-        outcome.decision = admitted.decision;
+        trace.backend = Some(backend);
+        trace.decision = admitted.decision;
 
         // forward
         let Some(body) = req_body.take() else {
@@ -278,14 +266,12 @@ async fn forward<'s>(
                 "request body already sent".into()
             ))
         };
-        // Only a try that may be followed by another needs a copy of the head.
+        // Only a try that may be followed by another needs a copy of the head; the last one
+        // (usually the only one) takes it, and the loop ends with it.
         let mut head = if attempt < max_attempts {
-            clone_head(parts)
+            clone_head(&parts)
         } else {
-            match head_slot.take() {
-                Some(p) => p,
-                None => fail!(ProxyError::BadRequest("request head already sent")),
-            }
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
         head.uri = match upstream_uri(backend, &path) {
             Some(u) => u,
@@ -321,7 +307,7 @@ async fn forward<'s>(
         if let Some(r) = retry {
             let again = attempt < max_attempts
                 && r.on.contains(upstream_outcome)
-                && (replayable || matches!(req_body, ReqBody::Stream(Some(_))))
+                && req_body.can_resend()
                 && (may_replay || upstream_outcome == Outcome::ConnectError);
             if again {
                 // This request's previous retry (if any) is over: release it before asking.
@@ -361,9 +347,9 @@ async fn forward<'s>(
         let body = ProxyBody::Upstream {
             body: rbody,
             guard: admitted.guard,
-            slot: Some(slot),
+            slot,
         };
-        return (Ok(Response::from_parts(rparts, body)), outcome);
+        return (Ok(Response::from_parts(rparts, body)), trace);
     }
 }
 
@@ -401,19 +387,13 @@ fn backoff(r: &RetryConfig, attempt: u32) -> Duration {
     ceiling.mul_f64(fastrand::f64())
 }
 
+/// A copy of a request head for one try (the URI is set per try).
 fn clone_head(p: &Parts) -> Parts {
-    let mut b = Request::builder()
-        .method(p.method.clone())
-        .version(p.version);
-    if let Some(h) = b.headers_mut() {
-        *h = p.headers.clone();
-    }
-    // The builder with a method and version only cannot fail.
-    let (parts, ()) = b
-        .body(())
-        .map(Request::into_parts)
-        .unwrap_or_else(|_| Request::new(()).into_parts());
-    parts
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = p.method.clone();
+    head.version = p.version;
+    head.headers = p.headers.clone();
+    head
 }
 
 fn upstream_uri(backend: &Backend, path: &PathAndQuery) -> Option<Uri> {
