@@ -334,11 +334,16 @@ impl Affinity {
         let (key, _) = self.sealing.as_ref()?;
         let name = &self.cfg.cookie.as_ref()?.name;
         let raw = cookie_value(ctx, name)?;
-        let bytes = URL_SAFE_NO_PAD.decode(raw.as_bytes()).ok()?;
-        if bytes.len() != TOKEN {
+        // Decoded on the stack: a pinned request allocates nothing here. Anything that does
+        // not decode to exactly one token is not one.
+        let mut buf = [0u8; TOKEN + 3];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(raw.as_bytes(), &mut buf)
+            .ok()?;
+        if n != TOKEN {
             return None;
         }
-        let (payload, tag) = bytes.split_at(PAYLOAD);
+        let (payload, tag) = buf[..TOKEN].split_at(PAYLOAD);
         hmac::verify(key, payload, tag).ok()?;
         let id = u64::from_be_bytes(payload[..8].try_into().ok()?);
         let expiry = u64::from_be_bytes(payload[8..16].try_into().ok()?);
@@ -372,12 +377,12 @@ fn unix_now() -> u64 {
 }
 
 /// Value of the request cookie `name`, if any.
-fn cookie_value(ctx: &PickCtx<'_>, name: &str) -> Option<String> {
+fn cookie_value<'a>(ctx: &PickCtx<'a>, name: &str) -> Option<&'a str> {
     ctx.headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| cookie::Cookie::split_parse(s).flatten())
         .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
+        .and_then(|c| c.value_raw())
 }
