@@ -62,6 +62,15 @@ impl Errors<'_> {
         }
     }
 
+    /// A duration that must not be zero.
+    fn positive(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+        let d = self.duration(path, v, default);
+        if d.is_zero() {
+            self.push(path, "must be greater than 0");
+        }
+        d
+    }
+
     fn size(&mut self, path: &str, v: Option<&String>, default: u64) -> u64 {
         match v {
             None => default,
@@ -235,14 +244,11 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
     };
 
     // limits
-    let header_read_timeout = e.duration(
+    let header_read_timeout = e.positive(
         "limits.header_read_timeout",
         raw.limits.header_read_timeout.as_ref(),
         Duration::from_secs(10),
     );
-    if header_read_timeout.is_zero() {
-        e.push("limits.header_read_timeout", "must be greater than 0");
-    }
     let max_request_body = e.size(
         "limits.max_request_body",
         raw.limits.max_request_body.as_ref(),
@@ -376,12 +382,12 @@ fn validate_pool(
 ) -> PoolConfig {
     let pp = format!("pools.{name}");
     let timeouts = Timeouts {
-        connect: e.duration(
+        connect: e.positive(
             &format!("{pp}.timeouts.connect"),
             p.timeouts.connect.as_ref(),
             Duration::from_secs(5),
         ),
-        response_header: e.duration(
+        response_header: e.positive(
             &format!("{pp}.timeouts.response_header"),
             p.timeouts.response_header.as_ref(),
             Duration::from_secs(60),
@@ -392,14 +398,6 @@ fn validate_pool(
             Duration::from_secs(90),
         ),
     };
-    for (k, d) in [
-        ("connect", timeouts.connect),
-        ("response_header", timeouts.response_header),
-    ] {
-        if d.is_zero() {
-            e.push(format!("{pp}.timeouts.{k}"), "must be greater than 0");
-        }
-    }
     if p.backends.is_empty() {
         e.push(
             format!("{pp}.backends"),
@@ -585,22 +583,17 @@ fn health(e: &mut Errors<'_>, hp: &str, h: &RawHealthCheck) -> HealthConfig {
             ),
         }
     }
-    let interval = e.duration(
+    let interval = e.positive(
         &format!("{hp}.interval"),
         h.interval.as_ref(),
         Duration::from_secs(5),
     );
-    let timeout = e.duration(
+    let timeout = e.positive(
         &format!("{hp}.timeout"),
         h.timeout.as_ref(),
         Duration::from_secs(2),
     );
-    if interval.is_zero() {
-        e.push(format!("{hp}.interval"), "must be greater than 0");
-    }
-    if timeout.is_zero() {
-        e.push(format!("{hp}.timeout"), "must be greater than 0");
-    } else if timeout > interval {
+    if !timeout.is_zero() && timeout > interval {
         e.push(format!("{hp}.timeout"), "must not exceed interval");
     }
     HealthConfig {
@@ -637,7 +630,7 @@ fn health(e: &mut Errors<'_>, hp: &str, h: &RawHealthCheck) -> HealthConfig {
 }
 
 fn breaker(e: &mut Errors<'_>, bp: &str, b: &RawBreaker) -> BreakerConfig {
-    let open_for = e.duration(
+    let open_for = e.positive(
         &format!("{bp}.open_for"),
         b.open_for.as_ref(),
         Duration::from_secs(5),
@@ -647,20 +640,14 @@ fn breaker(e: &mut Errors<'_>, bp: &str, b: &RawBreaker) -> BreakerConfig {
         b.max_open_for.as_ref(),
         Duration::from_secs(120),
     );
-    if open_for.is_zero() {
-        e.push(format!("{bp}.open_for"), "must be greater than 0");
-    }
     if max_open_for < open_for {
         e.push(format!("{bp}.max_open_for"), "must be at least open_for");
     }
-    let window = e.duration(
+    let window = e.positive(
         &format!("{bp}.window"),
         b.window.as_ref(),
         Duration::from_secs(10),
     );
-    if window.is_zero() {
-        e.push(format!("{bp}.window"), "must be greater than 0");
-    }
     BreakerConfig {
         consecutive_failures: e
             .count(
@@ -710,15 +697,12 @@ fn retry(e: &mut Errors<'_>, rp: &str, r: &RawRetry) -> RetryConfig {
         e.push(format!("{rp}.backoff.max"), "must be at least backoff.base");
     }
     let per_try_timeout = r.per_try_timeout.as_ref().map(|v| {
-        e.duration(
+        e.positive(
             &format!("{rp}.per_try_timeout"),
             Some(v),
             Duration::from_secs(5),
         )
     });
-    if per_try_timeout.is_some_and(|d| d.is_zero()) {
-        e.push(format!("{rp}.per_try_timeout"), "must be greater than 0");
-    }
     RetryConfig {
         attempts: e
             .count(&format!("{rp}.attempts"), r.attempts, 1, Some(10))
@@ -827,14 +811,11 @@ fn validate_affinity(e: &mut Errors<'_>, ap: &str, a: &RawAffinity, base: &Path)
                 format!("invalid cookie name {:?}", c.name),
             );
         }
-        let max_age = e.duration(
+        let max_age = e.positive(
             &format!("{cp}.max_age"),
             c.max_age.as_ref(),
             Duration::from_secs(3600),
         );
-        if max_age.is_zero() {
-            e.push(format!("{cp}.max_age"), "must be greater than 0");
-        }
         let path = base.join(&c.secret_file);
         let secret = match std::fs::read(&path) {
             Ok(mut b) => {
