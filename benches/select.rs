@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue};
-use sandgate::backend::Backend;
 use sandgate::balance::{PickCtx, Pool};
 use sandgate::config;
 
@@ -27,13 +26,18 @@ fn pool(body: &str, n: usize, dir: &std::path::Path) -> Pool {
         ));
     }
     let loaded = config::parse_str(&y, dir).expect("bench config");
-    let pc = &loaded.config.pools[0];
-    let backends = pc
-        .backends
-        .iter()
-        .map(|b| Backend::new(&pc.name, b.address, b.weight, b.region.as_deref()))
-        .collect();
-    Pool::new(pc, backends)
+    Pool::from_config(&loaded.config.pools[0])
+}
+
+/// A request context for the bench loop.
+fn ctx(headers: &HeaderMap) -> PickCtx<'_> {
+    PickCtx {
+        client_ip: IpAddr::from([127, 0, 0, 1]),
+        headers,
+        query: None,
+        tls: false,
+        now: Instant::now(),
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -69,18 +73,10 @@ fn bench(c: &mut Criterion) {
                 HeaderValue::from_static("3f6c2a1e-session"),
             );
             headers.insert("x-client-region", HeaderValue::from_static("us-east"));
-            let ip: IpAddr = "127.0.0.1".parse().expect("ip");
             if name == "affinity_cookie_hit" {
                 // Get a cookie first, so the loop measures the pinned path.
-                let ctx = PickCtx {
-                    client_ip: ip,
-                    headers: &headers,
-                    query: None,
-                    tls: false,
-                    now: Instant::now(),
-                };
                 let set = p
-                    .select(&ctx, &[])
+                    .select(&ctx(&headers), &[])
                     .and_then(|x| x.set_cookie)
                     .expect("cookie");
                 let pair = set
@@ -95,13 +91,7 @@ fn bench(c: &mut Criterion) {
                     HeaderValue::from_str(&pair).expect("cookie header"),
                 );
             }
-            let ctx = PickCtx {
-                client_ip: ip,
-                headers: &headers,
-                query: None,
-                tls: false,
-                now: Instant::now(),
-            };
+            let ctx = ctx(&headers);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| black_box(p.select(black_box(&ctx), &[]).map(|x| x.index)))
             });

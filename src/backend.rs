@@ -196,8 +196,8 @@ impl BackendState {
     }
 
     /// The pool's wait queue.
-    pub fn queue(&self) -> Arc<WaitQueue> {
-        Arc::clone(&self.queue)
+    pub fn queue(&self) -> &Arc<WaitQueue> {
+        &self.queue
     }
 
     /// Remembers why the last health check failed (for the admin API).

@@ -147,7 +147,7 @@ mod tests {
         let b = backend();
         let first = b.try_acquire(1).expect("free slot");
         assert!(b.try_acquire(1).is_none(), "cap 1");
-        let queue = Arc::clone(&b.queue());
+        let queue = Arc::clone(b.queue());
         let waiter = tokio::spawn(async move { queue.wait(5, Duration::from_secs(5)).await });
         while !b.queue().has_waiters() {
             tokio::task::yield_now().await;
@@ -164,7 +164,7 @@ mod tests {
         let b = backend();
         let slot = b.try_acquire(1).expect("free slot");
         // A waiter that gives up: its entry stays queued, closed.
-        let queue = b.queue();
+        let queue = Arc::clone(b.queue());
         let r = queue.wait(5, Duration::from_millis(1)).await;
         assert!(r.is_err());
         // Another waiter that is still there.

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
-use sandgate::backend::Backend;
 use sandgate::balance::{ramp, PickCtx, Pool};
-use sandgate::config::{self, PoolConfig};
+use sandgate::config;
 
 fn addr(i: usize) -> SocketAddr {
     format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)
@@ -31,16 +30,7 @@ fn pool_yaml(
         ));
     }
     let loaded = config::parse_str(&y, dir).unwrap_or_else(|e| panic!("{e}\n{y}"));
-    pool_from(&loaded.config.pools[0])
-}
-
-fn pool_from(pc: &PoolConfig) -> Pool {
-    let backends = pc
-        .backends
-        .iter()
-        .map(|b| Backend::new(&pc.name, b.address, b.weight, b.region.as_deref()))
-        .collect();
-    Pool::new(pc, backends)
+    Pool::from_config(&loaded.config.pools[0])
 }
 
 fn ctx<'a>(headers: &'a HeaderMap, ip: &str, query: Option<&'a str>) -> PickCtx<'a> {

@@ -226,6 +226,17 @@ impl Pool {
         pool
     }
 
+    /// A pool over fresh, healthy backend state with no caps, outside any snapshot (for
+    /// benchmarks and tests of selection alone). Snapshots build theirs from carried state.
+    pub fn from_config(cfg: &PoolConfig) -> Self {
+        let backends = cfg
+            .backends
+            .iter()
+            .map(|b| Backend::new(&cfg.name, b.address, b.weight, b.region.as_deref()))
+            .collect();
+        Self::new(cfg, backends)
+    }
+
     /// Re-evaluates panic mode after health changed; logs and exports a change.
     pub fn update_panic(&self) {
         let healthy = self
