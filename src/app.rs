@@ -16,16 +16,10 @@ use crate::config::Loaded;
 use crate::health;
 use crate::limit::Shedder;
 use crate::metrics::CONFIG_GENERATION;
-use crate::reload::{self, Reloader};
+use crate::reload::{self, sd_notify, Reloader};
 use crate::server;
 use crate::state::{SharedState, Snapshot};
 use crate::upstream::Upstreams;
-
-fn sd_notify(state: sd_notify::NotifyState<'_>) {
-    if let Err(e) = sd_notify::notify(false, &[state]) {
-        tracing::warn!(error = %e, "sd_notify failed");
-    }
-}
 
 /// Runs sandgate until SIGTERM or SIGINT. `config_path` enables live reload; without it
 /// (the demo) SIGHUP is logged and ignored.
@@ -123,7 +117,7 @@ pub async fn run(
 
     background.push(health::spawn(Arc::clone(&state), shutdown.clone()));
 
-    sd_notify(sd_notify::NotifyState::Ready);
+    sd_notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(generation = state.load().generation, "sandgate ready");
 
     let sig = tokio::select! {
@@ -132,7 +126,7 @@ pub async fn run(
     };
     let grace = state.load().runtime.shutdown_grace;
     tracing::info!(signal = sig, grace = ?grace, "shutting down: no new connections, draining in-flight requests");
-    sd_notify(sd_notify::NotifyState::Stopping);
+    sd_notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

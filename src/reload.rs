@@ -46,7 +46,8 @@ fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-fn sd_notify(states: &[sd_notify::NotifyState<'_>]) {
+/// Tells systemd about a state change; a failure is logged (outside systemd it is a no-op).
+pub(crate) fn sd_notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
