@@ -151,12 +151,15 @@ impl Drop for ConnSlot {
     }
 }
 
-/// An owned in-flight request slot (lives in the response body).
-pub struct InflightSlot(Arc<Shedder>);
+/// An owned in-flight request slot (lives in the response body); `None` when no cap is set,
+/// so uncapped requests touch no shared counter.
+pub struct InflightSlot(Option<Arc<Shedder>>);
 
 impl Drop for InflightSlot {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = &self.0 {
+            s.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -181,9 +184,14 @@ impl Shedder {
     }
 
     /// Counts a request in flight until the response body ends, or None when `max` are.
+    /// Without a cap nothing is counted (a cap set by a later reload counts the requests that
+    /// start after it).
     pub fn request(self: &Arc<Self>, max: Option<usize>) -> Option<InflightSlot> {
+        if max.is_none() {
+            return Some(InflightSlot(None));
+        }
         if take(&self.inflight, max) {
-            Some(InflightSlot(Arc::clone(self)))
+            Some(InflightSlot(Some(Arc::clone(self))))
         } else {
             self.shed_inflight.increment(1);
             None

@@ -241,7 +241,8 @@ async fn forward<'s>(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     let may_replay = idempotent(&parts.method);
-    let _active = Active::new(entry);
+    // The retry budget's base: only pools that retry count their requests.
+    let _active = retry.map(|_| Active::new(entry));
     // The retry in flight, if any: it counts against the budget until its try is over.
     let mut _retrying: Option<Retrying<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
