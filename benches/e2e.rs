@@ -202,6 +202,36 @@ fn which(cmd: &str) -> Option<String> {
     None
 }
 
+/// Runs the load through an installed proxy `name` (skipped with a message when it is not
+/// installed or does not start): writes its config for a free port, starts it, measures.
+fn bench_external(
+    name: &'static str,
+    conf_name: &str,
+    conf: &dyn Fn(u16) -> String,
+    args: &dyn Fn(&Path) -> Vec<String>,
+    dir: &Path,
+) -> Option<Result> {
+    let Some(bin) = which(name) else {
+        println!("{name}: not installed, skipped (apt-get install {name})");
+        return None;
+    };
+    let port = free_port();
+    let path = dir.join(conf_name);
+    std::fs::write(&path, conf(port)).expect("write config");
+    let proc = Proc(
+        Command::new(bin)
+            .args(args(&path))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn proxy"),
+    );
+    if !wait_port(port) {
+        println!("{name}: did not start, skipped");
+        return None;
+    }
+    Some(run_load(name, port, &[proc.0.id()]))
+}
+
 fn orchestrate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut backends = Vec::new();
@@ -231,75 +261,51 @@ fn orchestrate() {
     results.push(run_load("sandgate", sg_port, &[sg.0.id()]));
     drop(sg);
 
-    // nginx
-    match which("nginx") {
-        None => println!("nginx: not installed, skipped (apt-get install nginx)"),
-        Some(bin) => {
-            let port = free_port();
-            let conf = dir.path().join("nginx.conf");
-            std::fs::create_dir_all(dir.path().join("logs")).ok();
-            std::fs::write(
-                &conf,
-                format!(
-                    "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log stderr error;\npid {d}/nginx.pid;\n\
-                     events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  \
-                     client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
-                     upstream b {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; keepalive_requests 100000000; }}\n  \
-                     server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
-                    ports[0],
-                    ports[1],
-                    d = dir.path().display()
-                ),
-            )
-            .expect("nginx conf");
-            let ng = Proc(
-                Command::new(bin)
-                    .arg("-p")
-                    .arg(dir.path())
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("spawn nginx"),
-            );
-            if wait_port(port) {
-                results.push(run_load("nginx", port, &[ng.0.id()]));
-            } else {
-                println!("nginx: did not start, skipped");
-            }
-        }
-    }
+    // nginx (its prefix directory needs logs/)
+    std::fs::create_dir_all(dir.path().join("logs")).ok();
+    let d = dir.path().display();
+    let nginx_conf = |port: u16| {
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log stderr error;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  \
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
+             upstream b {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; keepalive_requests 100000000; }}\n  \
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
+            ports[0], ports[1]
+        )
+    };
+    let nginx_args = |conf: &Path| {
+        vec![
+            "-p".into(),
+            dir.path().display().to_string(),
+            "-c".into(),
+            conf.display().to_string(),
+        ]
+    };
+    results.extend(bench_external(
+        "nginx",
+        "nginx.conf",
+        &nginx_conf,
+        &nginx_args,
+        dir.path(),
+    ));
 
     // HAProxy
-    match which("haproxy") {
-        None => println!("haproxy: not installed, skipped (apt-get install haproxy)"),
-        Some(bin) => {
-            let port = free_port();
-            let conf = dir.path().join("haproxy.cfg");
-            std::fs::write(
-                &conf,
-                format!(
-                    "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
-                     frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  balance roundrobin\n  server s1 127.0.0.1:{}\n  server s2 127.0.0.1:{}\n",
-                    ports[0], ports[1]
-                ),
-            )
-            .expect("haproxy conf");
-            let hp = Proc(
-                Command::new(bin)
-                    .args(["-db", "-f"])
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("spawn haproxy"),
-            );
-            if wait_port(port) {
-                results.push(run_load("haproxy", port, &[hp.0.id()]));
-            } else {
-                println!("haproxy: did not start, skipped");
-            }
-        }
-    }
+    let haproxy_conf = |port: u16| {
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
+             frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  balance roundrobin\n  server s1 127.0.0.1:{}\n  server s2 127.0.0.1:{}\n",
+            ports[0], ports[1]
+        )
+    };
+    let haproxy_args = |conf: &Path| vec!["-db".into(), "-f".into(), conf.display().to_string()];
+    results.extend(bench_external(
+        "haproxy",
+        "haproxy.cfg",
+        &haproxy_conf,
+        &haproxy_args,
+        dir.path(),
+    ));
 
     println!("\n| target   |   req/s |  p50 µs |  p99 µs | proxy CPU µs/req | errors |");
     println!("|----------|--------:|--------:|--------:|-----------------:|-------:|");
