@@ -115,13 +115,7 @@ async fn killed_backend_under_load_with_retries_loses_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_backend_gets_504_and_its_breaker_opens() {
-    let hang = spawn_backend(|_req| {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            Response::new(full("late"))
-        })
-    })
-    .await;
+    let hang = slow_backend("late", Duration::from_secs(30)).await;
     let good = named_backend("good").await;
     let proxy = spawn_proxy(&basic_config(&format!(
         "    timeouts: {{ response_header: 200ms }}\n    circuit_breaker: {{ consecutive_failures: 2, open_for: 1m }}\n    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n",

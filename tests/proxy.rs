@@ -173,13 +173,7 @@ async fn slow_stream_reaches_the_client_chunk_by_chunk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_error_status_is_json_with_the_request_id() {
-    let hang = spawn_backend(|_req| {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            Response::new(full("late"))
-        })
-    })
-    .await;
+    let hang = slow_backend("late", Duration::from_secs(30)).await;
     let sink = sink_backend().await;
     let dead = closed_port();
     let yaml = format!(

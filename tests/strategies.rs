@@ -7,17 +7,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use http::Response;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_sends_less_to_a_slow_backend() {
-    let slow = spawn_backend(|_req| {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            Response::new(full("slow"))
-        })
-    })
-    .await;
+    let slow = slow_backend("slow", Duration::from_millis(150)).await;
     let (f1, f2) = (named_backend("fast1").await, named_backend("fast2").await);
     let proxy = spawn_proxy(&basic_config(&format!(
         "    strategy: least_connections\n    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n      - {{ address: {} }}\n",

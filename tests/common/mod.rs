@@ -118,6 +118,18 @@ pub async fn named_backend(name: &'static str) -> Backend {
     spawn_backend(move |_req| Box::pin(async move { Response::new(full(name)) })).await
 }
 
+/// A backend that answers `name` after `delay` (a hanging one when the delay outlasts the
+/// test's timeouts).
+pub async fn slow_backend(name: &'static str, delay: Duration) -> Backend {
+    spawn_backend(move |_req| {
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Response::new(full(name))
+        })
+    })
+    .await
+}
+
 /// A backend that answers with a JSON echo of what it received: name, method, path, headers.
 pub async fn echo_backend(name: &'static str) -> Backend {
     spawn_backend(move |req| {
