@@ -18,8 +18,8 @@ use crate::limit::Shedder;
 use crate::metrics::CONFIG_GENERATION;
 use crate::reload::{self, sd_notify, Reloader};
 use crate::server;
+use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
-use crate::upstream::Upstreams;
 
 /// Runs sandgate until SIGTERM or SIGINT. `config_path` enables live reload; without it
 /// (the demo) SIGHUP is logged and ignored.
@@ -39,8 +39,8 @@ pub async fn run(
         tracing::warn!("config warning: {w}");
     }
     let cfg = loaded.config;
-    let upstreams = Arc::new(Upstreams::default());
-    let snap = Snapshot::build(&cfg, None, &upstreams)?;
+    let services = Arc::new(Services::default());
+    let snap = Snapshot::build(&cfg, None, &services.upstreams)?;
     metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
     let state: SharedState = Arc::new(ArcSwap::from_pointee(snap));
 
@@ -60,6 +60,7 @@ pub async fn run(
             Arc::from(l.name.as_str()),
             Arc::clone(&state),
             Arc::clone(&shed),
+            Arc::clone(&services),
             shutdown.clone(),
             tracker.clone(),
         )));
@@ -98,7 +99,7 @@ pub async fn run(
     match config_path {
         Some(path) => {
             drop(hup); // the reloader installs its own SIGHUP stream
-            let reloader = Reloader::new(path, Arc::clone(&state), Arc::clone(&upstreams));
+            let reloader = Reloader::new(path, Arc::clone(&state), Arc::clone(&services));
             background.push(reload::spawn(reloader, shutdown.clone()));
         }
         None => {
@@ -129,9 +130,15 @@ pub async fn run(
     sd_notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    services.tasks.close();
+    let drained = async {
+        tracker.wait().await;
+        services.tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             connections = tracker.len(),
+            background = services.tasks.len(),
             "shutdown grace expired; closing the remaining connections"
         );
     }

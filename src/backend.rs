@@ -1,7 +1,8 @@
 //! A backend as the balancer sees it ([`Backend`]: address, weight, region, cap from this
 //! config generation) and the state that outlives reloads ([`BackendState`]: in-flight count,
 //! health, circuit breaker, slow-start clock and metric handles, shared by pool and address
-//! between snapshots).
+//! between snapshots). A backend knows neither the balancer nor the wait queue: slots are
+//! taken and handed on by `admission`, which both the balancer's caller and the queue use.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -17,7 +18,6 @@ use crate::metrics::{
     CodeCounters, BACKEND_HEALTHY, BACKEND_INFLIGHT, BACKEND_TRANSITIONS_TOTAL, BREAKER_STATE,
     BREAKER_TRANSITIONS_TOTAL, HEALTH_CHECKS_TOTAL, UPSTREAM_DURATION, UPSTREAM_REQUESTS_TOTAL,
 };
-use crate::queue::WaitQueue;
 
 /// Metric handles of one backend.
 struct BackendMetrics {
@@ -51,8 +51,6 @@ pub struct BackendState {
     // std Mutex: taken only when a breaker is configured, for a few field updates per
     // response (and by selection only while the breaker is not closed); never across an await.
     breaker: Mutex<Option<Breaker>>,
-    /// The pool's wait queue, for handing freed slots to waiters.
-    queue: Arc<WaitQueue>,
     // std Mutex: written by the health checker on failed checks, read by the admin API.
     last_check_error: Mutex<Option<String>>,
     metrics: BackendMetrics,
@@ -104,7 +102,7 @@ pub struct BreakerOpen;
 
 impl BackendState {
     /// Fresh state for `addr` in `pool`, healthy or not as `healthy` says.
-    pub fn new(pool: &str, addr: SocketAddr, queue: Arc<WaitQueue>, healthy: bool) -> Self {
+    pub fn new(pool: &str, addr: SocketAddr, healthy: bool) -> Self {
         let labels = vec![
             Label::new("pool", pool.to_owned()),
             Label::new("backend", addr.to_string()),
@@ -138,7 +136,6 @@ impl BackendState {
             usable_since: AtomicU64::new(0),
             breaker_fast: AtomicU8::new(NO_BREAKER),
             breaker: Mutex::new(None),
-            queue,
             last_check_error: Mutex::new(None),
             metrics,
             upstream_requests: CodeCounters::new(UPSTREAM_REQUESTS_TOTAL, labels.clone()),
@@ -193,11 +190,6 @@ impl BackendState {
             return Some(passed);
         }
         None
-    }
-
-    /// The pool's wait queue.
-    pub fn queue(&self) -> &Arc<WaitQueue> {
-        &self.queue
     }
 
     /// Remembers why the last health check failed (for the admin API).
@@ -314,27 +306,29 @@ impl BackendState {
                 let elapsed = now
                     .saturating_duration_since(epoch())
                     .saturating_sub(Duration::from_nanos(since - 1));
-                crate::balance::ramp(elapsed, window)
+                ramp(elapsed, window)
             }
         }
     }
 
-    /// Counts one request in flight until the guard drops (no cap).
-    pub fn acquire(self: &Arc<Self>) -> InflightGuard {
+    /// Counts one more request in flight, whatever the cap. Only `admission` calls this: it
+    /// pairs every take with exactly one [`BackendState::release`].
+    pub fn take(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.metrics.inflight.increment(1.0);
-        InflightGuard::armed(Arc::clone(self))
     }
 
-    /// Takes one of `cap` slots (0: unlimited), or None when all are taken.
-    pub fn try_acquire(self: &Arc<Self>, cap: u32) -> Option<InflightGuard> {
+    /// Takes one of `cap` slots (0: unlimited); false when all are taken. Only `admission`
+    /// calls this.
+    pub fn try_take(&self, cap: u32) -> bool {
         if cap == 0 {
-            return Some(self.acquire());
+            self.take();
+            return true;
         }
         let mut cur = self.inflight.load(Ordering::Relaxed);
         loop {
             if cur >= u64::from(cap) {
-                return None;
+                return false;
             }
             match self.inflight.compare_exchange_weak(
                 cur,
@@ -344,11 +338,17 @@ impl BackendState {
             ) {
                 Ok(_) => {
                     self.metrics.inflight.increment(1.0);
-                    return Some(InflightGuard::armed(Arc::clone(self)));
+                    return true;
                 }
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Gives back one slot taken by [`BackendState::take`] or [`BackendState::try_take`].
+    pub fn release(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.inflight.decrement(1.0);
     }
 }
 
@@ -358,48 +358,15 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Holds one in-flight slot of a backend; released on drop (when the response body ends or the
-/// client goes away). If requests wait in the pool's queue, the slot is handed to the oldest
-/// one instead of being released, so a freed slot always goes to the longest waiter.
-pub struct InflightGuard {
-    state: Arc<BackendState>,
-    /// False once the slot has been handed on or given back by other means.
-    armed: bool,
-}
+/// Share of its weight a backend starts slow start with.
+pub const SLOW_START_MIN_SHARE: f64 = 0.1;
 
-impl InflightGuard {
-    fn armed(state: Arc<BackendState>) -> Self {
-        Self { state, armed: true }
+/// Share of full weight after `elapsed` of a `window`-long slow start.
+pub fn ramp(elapsed: Duration, window: Duration) -> f64 {
+    if window.is_zero() {
+        return 1.0;
     }
-
-    /// The backend this slot belongs to.
-    pub fn state(&self) -> &Arc<BackendState> {
-        &self.state
-    }
-
-    /// Forgets the slot without releasing it (its count is accounted for elsewhere).
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let s = &self.state;
-        if s.is_healthy() && s.queue.has_waiters() {
-            // Hand the slot over: the count stays as it is. `hand_off` tries waiters in order
-            // and gives the guard back only when none is left to take it.
-            match s.queue.hand_off(InflightGuard::armed(Arc::clone(s))) {
-                Ok(()) => return,
-                Err(unused) => unused.disarm(),
-            }
-        }
-        s.inflight.fetch_sub(1, Ordering::Relaxed);
-        s.metrics.inflight.decrement(1.0);
-    }
+    (elapsed.as_secs_f64() / window.as_secs_f64()).clamp(SLOW_START_MIN_SHARE, 1.0)
 }
 
 /// One backend of a pool in one config generation.
@@ -419,12 +386,7 @@ pub struct Backend {
 impl Backend {
     /// A backend of `pool` at `addr` with fresh, healthy state and no cap.
     pub fn new(pool: &str, addr: SocketAddr, weight: u32, region: Option<&str>) -> Self {
-        let state = Arc::new(BackendState::new(
-            pool,
-            addr,
-            Arc::new(WaitQueue::new(pool)),
-            true,
-        ));
+        let state = Arc::new(BackendState::new(pool, addr, true));
         Self::with_state(state, weight, region, 0)
     }
 

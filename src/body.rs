@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::backend::InflightGuard;
+use crate::admission::Slot;
 use crate::limit::InflightSlot;
 
 /// Body of a response to a client.
@@ -18,10 +18,10 @@ pub enum ProxyBody {
     Upstream {
         /// The backend's body.
         body: Incoming,
-        /// Released when this body is dropped.
-        guard: InflightGuard,
+        /// The backend's in-flight slot, released when this body is dropped.
+        slot: Slot,
         /// The global in-flight count, released with it.
-        slot: InflightSlot,
+        inflight: InflightSlot,
     },
     /// Written by sandgate (errors, admin); `None` once sent.
     Full(Option<Bytes>),

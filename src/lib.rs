@@ -4,21 +4,25 @@
 //!
 //! Request path (hot, one snapshot load per request):
 //! `server` accepts (TLS in `tls`, connection shedding in `limit`) and hands each request to
-//! `proxy::handle`, the one place that orders the stages: shedding and rate limits (`limit`)
-//! -> `router` -> `balance` (pool + strategy over `backend`s, whose state carries health, the
-//! `breaker` and the concurrency cap; `queue` when all are full) -> `upstream` (pooled client,
-//! retries decided in `proxy`) -> `body` (streams the response and holds the in-flight slots).
-//! `headers` rewrites headers; `error` maps every failure to one status and JSON body.
+//! `proxy::handle`; `proxy/mod.rs` is the one place that orders the stages, each in its own
+//! file under `proxy/`: shedding and rate limits -> `router` -> body and upstream head ->
+//! select + admit (`balance` picks among `backend`s, whose state carries health and the
+//! `breaker`; `admission` takes the backend's in-flight slot or waits in the pool's FIFO
+//! queue) -> `upstream` (pooled client) with retries -> record -> decorate -> log. `body`
+//! streams the response and holds the slots until its last byte. `headers` rewrites headers;
+//! `error` maps every failure to one status and JSON body.
 //!
 //! Reload path (cold, one writer): `reload` watches the file and SIGHUP, `config` parses and
 //! validates (all errors, with lines), `state::Snapshot::build` carries backend state over by
 //! address, and one `ArcSwap` store publishes it.
 //!
-//! Around them: `health` (active checks on their own tasks), `admin` (metrics, health,
-//! readiness, backends), `metrics` (every metric name), `app` (wiring and shutdown), `demo`
-//! (built-in sandbox backends for `sandgate demo`).
+//! Around them: `services` (what outlives snapshots: upstream pools, background tasks),
+//! `health` (active checks on their own tasks), `admin` (metrics, health, readiness,
+//! backends), `metrics` (every metric name), `app` (wiring and shutdown), `demo` (built-in
+//! sandbox backends for `sandgate demo`).
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod backend;
 pub mod balance;
@@ -32,10 +36,10 @@ pub mod health;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;
-pub mod queue;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod services;
 pub mod state;
 pub mod tls;
 pub mod upstream;

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS_TOTAL};
+use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
-use crate::upstream::Upstreams;
 
 /// Why a reload happened.
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +34,7 @@ pub enum Trigger {
 pub struct Reloader {
     path: PathBuf,
     state: SharedState,
-    upstreams: Arc<Upstreams>,
+    services: Arc<Services>,
     /// Hash of the last file content seen, so that a burst of file events for one write
     /// reloads once.
     last_digest: Option<u64>,
@@ -55,12 +55,12 @@ pub(crate) fn sd_notify(states: &[sd_notify::NotifyState<'_>]) {
 
 impl Reloader {
     /// A reloader for the file at `path`, whose current content is already loaded in `state`.
-    pub fn new(path: PathBuf, state: SharedState, upstreams: Arc<Upstreams>) -> Self {
+    pub fn new(path: PathBuf, state: SharedState, services: Arc<Services>) -> Self {
         let last_digest = std::fs::read(&path).ok().map(|b| digest(&b));
         Self {
             path,
             state,
-            upstreams,
+            services,
             last_digest,
         }
     }
@@ -114,7 +114,7 @@ impl Reloader {
         for change in old.restart_needed(&loaded.config) {
             tracing::warn!("{change}: this needs a restart; applying everything else");
         }
-        let snap = Snapshot::build(&loaded.config, Some(&old), &self.upstreams)?;
+        let snap = Snapshot::build(&loaded.config, Some(&old), &self.services.upstreams)?;
         let generation = snap.generation;
         self.state.store(Arc::new(snap));
         tracing::info!(path = %self.path.display(), trigger = ?trigger, generation, "config reloaded");

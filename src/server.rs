@@ -18,6 +18,7 @@ use crate::headers;
 use crate::limit::{ConnSlot, Shedder};
 use crate::metrics::CONNECTIONS_OPEN;
 use crate::proxy::{self, ConnCtx, ConnInfo};
+use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
 
 /// Accepts connections on `listener` until `shutdown` fires. Connection tasks are spawned on
@@ -27,6 +28,7 @@ pub async fn serve(
     name: Arc<str>,
     state: SharedState,
     shed: Arc<Shedder>,
+    services: Arc<Services>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -57,6 +59,7 @@ pub async fn serve(
         let ctx = ConnCtx {
             shed: Arc::clone(&shed),
             state: Arc::clone(&state),
+            services: Arc::clone(&services),
             conn: ConnInfo {
                 listener: Arc::clone(&name),
                 peer,

@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use metrics::{Histogram, Label};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::WaitQueue;
 use crate::backend::{Backend, BackendState};
 use crate::balance::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,6 @@ use crate::limit::RateLimiter;
 use crate::metrics::{
     CodeCounters, REQUESTS_TOTAL, REQUEST_DURATION, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL,
 };
-use crate::queue::WaitQueue;
 use crate::router::Router;
 use crate::tls;
 use crate::upstream::{UpstreamClient, Upstreams};
@@ -204,12 +204,8 @@ impl Snapshot {
                             Arc::clone(s)
                         }
                         None => {
-                            let s = Arc::new(BackendState::new(
-                                &pc.name,
-                                bc.address,
-                                Arc::clone(&queue),
-                                initial_healthy,
-                            ));
+                            let s =
+                                Arc::new(BackendState::new(&pc.name, bc.address, initial_healthy));
                             // Added by a reload: ramp up under slow start. Backends present
                             // at start-up begin at full weight.
                             if old.is_some() {

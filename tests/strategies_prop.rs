@@ -210,7 +210,7 @@ fn bounded_load_caps_every_backend() {
             pick.backend.state.inflight() < bound,
             "backend over its bound"
         );
-        guards.push(pick.backend.state.acquire());
+        guards.push(sandgate::admission::Slot::hold(&pick.backend.state));
     }
     let loads: Vec<u64> = p.backends.iter().map(|b| b.state.inflight()).collect();
     assert!(loads.iter().all(|&l| l <= 13), "{loads:?}");
@@ -562,7 +562,7 @@ fn slow_start_ramps_a_new_backend_up_to_full_weight() {
             for _ in 0..n {
                 let pick = p.select(&c, &[]).unwrap();
                 hits += usize::from(pick.index == 1);
-                window.push_back(pick.backend.state.acquire());
+                window.push_back(sandgate::admission::Slot::hold(&pick.backend.state));
                 if window.len() > 8 {
                     window.pop_front();
                 }
@@ -600,9 +600,9 @@ fn least_connections_prefers_the_idle_and_rotates_ties() {
     assert_eq!(picks.len(), 3);
     // Load 0 and 1; 2 is the least loaded.
     let _g = [
-        p.backends[0].state.acquire(),
-        p.backends[0].state.acquire(),
-        p.backends[1].state.acquire(),
+        sandgate::admission::Slot::hold(&p.backends[0].state),
+        sandgate::admission::Slot::hold(&p.backends[0].state),
+        sandgate::admission::Slot::hold(&p.backends[1].state),
     ];
     for _ in 0..5 {
         assert_eq!(p.select(&c, &[]).unwrap().index, 2);
@@ -614,17 +614,19 @@ fn least_connections_prefers_the_idle_and_rotates_ties() {
         dir.path(),
     );
     let _g2 = [
-        w.backends[0].state.acquire(),
-        w.backends[0].state.acquire(),
-        w.backends[0].state.acquire(),
-        w.backends[1].state.acquire(),
+        sandgate::admission::Slot::hold(&w.backends[0].state),
+        sandgate::admission::Slot::hold(&w.backends[0].state),
+        sandgate::admission::Slot::hold(&w.backends[0].state),
+        sandgate::admission::Slot::hold(&w.backends[1].state),
     ];
     assert_eq!(w.select(&c, &[]).unwrap().index, 0);
 
     // Large pools use two random choices: a loaded backend is almost never picked.
     let big: Vec<_> = (0..100).map(|i| (addr(i), 1, None)).collect();
     let p = pool_yaml("    strategy: least_connections\n", &big, dir.path());
-    let _hot: Vec<_> = (0..50).map(|_| p.backends[7].state.acquire()).collect();
+    let _hot: Vec<_> = (0..50)
+        .map(|_| sandgate::admission::Slot::hold(&p.backends[7].state))
+        .collect();
     let hot = (0..2000)
         .filter(|_| p.select(&c, &[]).unwrap().index == 7)
         .count();

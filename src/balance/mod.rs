@@ -23,18 +23,8 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue};
 
 use crate::backend::Backend;
+pub use crate::backend::{ramp, SLOW_START_MIN_SHARE};
 use crate::config::{BasicStrategy, PoolConfig, StrategyKind};
-
-/// Share of its weight a backend starts slow start with.
-pub const SLOW_START_MIN_SHARE: f64 = 0.1;
-
-/// Share of full weight after `elapsed` of a `window`-long slow start.
-pub fn ramp(elapsed: Duration, window: Duration) -> f64 {
-    if window.is_zero() {
-        return 1.0;
-    }
-    (elapsed.as_secs_f64() / window.as_secs_f64()).clamp(SLOW_START_MIN_SHARE, 1.0)
-}
 
 /// What a strategy may look at to choose.
 pub struct PickCtx<'a> {

@@ -1,18 +1,95 @@
-//! The per-pool wait queue: when every eligible backend is at its concurrency cap, requests
-//! wait here in FIFO order. A freed slot is handed straight to the oldest waiter (the slot's
-//! in-flight count never drops, so a new arrival cannot take it first). A waiter that times out
-//! or whose client disconnects leaves at once: its entry is skipped when reached.
+//! Admission: a backend's in-flight slot and its pool's FIFO wait queue, as one object that
+//! both the pipeline and the queue use, so that neither the backend nor the balancer knows the
+//! queue.
+//!
+//! A [`Slot`] counts one request in flight on a backend until it is dropped (when the response
+//! body ends or the client goes away). When every eligible backend is at its cap, requests wait
+//! in the pool's [`WaitQueue`]; a freed slot is handed straight to the oldest waiter (the
+//! backend's in-flight count never drops, so a new arrival cannot take it first). A waiter that
+//! times out or whose client disconnects leaves at once: its entry is skipped when reached.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::oneshot;
 
-use crate::backend::InflightGuard;
+use crate::backend::BackendState;
 use crate::metrics::{QUEUE_DEPTH, QUEUE_REJECTED_TOTAL, QUEUE_WAIT};
+
+/// One in-flight slot of a backend; released on drop, or handed to the oldest waiter of the
+/// pool's queue when someone waits.
+pub struct Slot {
+    state: Arc<BackendState>,
+    /// The pool's queue; None for slots outside any snapshot (benchmarks, tests of selection).
+    queue: Option<Arc<WaitQueue>>,
+    /// False once the slot has been handed on or given back by other means.
+    armed: bool,
+}
+
+impl Slot {
+    /// Takes one of the backend's `cap` slots (0: unlimited), or None when all are taken.
+    pub fn try_take(state: &Arc<BackendState>, cap: u32, queue: &Arc<WaitQueue>) -> Option<Slot> {
+        state.try_take(cap).then(|| Slot {
+            state: Arc::clone(state),
+            queue: Some(Arc::clone(queue)),
+            armed: true,
+        })
+    }
+
+    /// Counts one request in flight on `state`, with no cap and no queue (for exercising
+    /// selection outside a snapshot).
+    pub fn hold(state: &Arc<BackendState>) -> Slot {
+        state.take();
+        Slot {
+            state: Arc::clone(state),
+            queue: None,
+            armed: true,
+        }
+    }
+
+    /// The backend this slot belongs to.
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+
+    fn rearmed(&self) -> Slot {
+        Slot {
+            state: Arc::clone(&self.state),
+            queue: self.queue.clone(),
+            armed: true,
+        }
+    }
+
+    /// Forgets the slot without releasing it (its count is accounted for elsewhere).
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(q) = &self.queue {
+            if self.state.is_healthy() && q.has_waiters() {
+                // Hand the slot over: the count stays as it is. `hand_off` tries waiters in
+                // order and gives the slot back only when none is left to take it.
+                match q.hand_off(self.rearmed()) {
+                    Ok(()) => {
+                        self.armed = false;
+                        return;
+                    }
+                    Err(unused) => unused.disarm(),
+                }
+            }
+        }
+        self.state.release();
+    }
+}
 
 /// Why a request was not served from the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +103,7 @@ pub enum Rejected {
 /// The wait queue of one pool; kept across reloads by pool name.
 pub struct WaitQueue {
     // std Mutex: held to push or pop one sender, never across an await.
-    waiters: Mutex<VecDeque<oneshot::Sender<InflightGuard>>>,
+    waiters: Mutex<VecDeque<oneshot::Sender<Slot>>>,
     /// Waiters still waiting (entries of departed ones may linger in `waiters`).
     depth: AtomicUsize,
     depth_gauge: Gauge,
@@ -72,7 +149,7 @@ impl WaitQueue {
 
     /// Gives `slot` to the oldest waiter still waiting, trying the next one when a waiter
     /// leaves at the same moment; returns the slot when nobody is left to take it.
-    pub fn hand_off(&self, mut slot: InflightGuard) -> Result<(), InflightGuard> {
+    fn hand_off(&self, mut slot: Slot) -> Result<(), Slot> {
         loop {
             let tx = {
                 let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -94,7 +171,7 @@ impl WaitQueue {
     }
 
     /// Waits for a slot, up to `timeout`, if fewer than `max` wait already.
-    pub async fn wait(&self, max: usize, timeout: Duration) -> Result<InflightGuard, Rejected> {
+    pub async fn wait(&self, max: usize, timeout: Duration) -> Result<Slot, Rejected> {
         if self.depth.load(Ordering::Acquire) >= max {
             self.rejected_full.increment(1);
             return Err(Rejected::Full);
@@ -129,27 +206,22 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::WaitQueue;
+    use super::{Slot, WaitQueue};
     use crate::backend::BackendState;
 
-    fn backend() -> Arc<BackendState> {
-        let q = Arc::new(WaitQueue::new("p"));
-        Arc::new(BackendState::new(
-            "p",
-            "127.0.0.1:1".parse().unwrap(),
-            q,
-            true,
-        ))
+    fn backend() -> (Arc<BackendState>, Arc<WaitQueue>) {
+        let b = Arc::new(BackendState::new("p", "127.0.0.1:1".parse().unwrap(), true));
+        (b, Arc::new(WaitQueue::new("p")))
     }
 
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_waiter_and_counts_stay_exact() {
-        let b = backend();
-        let first = b.try_acquire(1).expect("free slot");
-        assert!(b.try_acquire(1).is_none(), "cap 1");
-        let queue = Arc::clone(b.queue());
-        let waiter = tokio::spawn(async move { queue.wait(5, Duration::from_secs(5)).await });
-        while !b.queue().has_waiters() {
+        let (b, queue) = backend();
+        let first = Slot::try_take(&b, 1, &queue).expect("free slot");
+        assert!(Slot::try_take(&b, 1, &queue).is_none(), "cap 1");
+        let q = Arc::clone(&queue);
+        let waiter = tokio::spawn(async move { q.wait(5, Duration::from_secs(5)).await });
+        while !queue.has_waiters() {
             tokio::task::yield_now().await;
         }
         drop(first);
@@ -161,10 +233,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_departed_waiter_never_double_releases() {
-        let b = backend();
-        let slot = b.try_acquire(1).expect("free slot");
+        let (b, queue) = backend();
+        let slot = Slot::try_take(&b, 1, &queue).expect("free slot");
         // A waiter that gives up: its entry stays queued, closed.
-        let queue = Arc::clone(b.queue());
         let r = queue.wait(5, Duration::from_millis(1)).await;
         assert!(r.is_err());
         // Another waiter that is still there.
@@ -178,5 +249,14 @@ mod tests {
         assert_eq!(b.inflight(), 1);
         drop(handed);
         assert_eq!(b.inflight(), 0, "released exactly once");
+    }
+
+    #[test]
+    fn held_slots_count_without_a_queue() {
+        let (b, _) = backend();
+        let s = Slot::hold(&b);
+        assert_eq!(s.backend().inflight(), 1);
+        drop(s);
+        assert_eq!(b.inflight(), 0);
     }
 }

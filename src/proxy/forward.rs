@@ -1,0 +1,311 @@
+//! Stages: prepare (the request body and the upstream head) and forward (send to the admitted
+//! backend within the per-try timeout; retry a retryable outcome on another backend after a
+//! jittered backoff, within the pool's retry budget).
+//!
+//! A fetch owns everything it sends ([`Outgoing`]) and returns everything the response needs
+//! ([`Fetched`]), so that a fetch can run on its own task and outlive the client that started
+//! it (a coalesced cache fill, a background revalidation).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::admission::Slot;
+use crate::backend::Backend;
+use crate::config::{Outcome, RetryConfig};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::proxy::admit::admit;
+use crate::proxy::exchange::{Client, Tried};
+use crate::proxy::record::{self, Recorded};
+use crate::proxy::route::Routed;
+use crate::state::{PoolEntry, Snapshot};
+use crate::upstream::UpstreamBody;
+
+/// GET, HEAD, OPTIONS, PUT, DELETE and TRACE may be sent twice.
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The request body for the tries: replayable when small enough and the pool retries.
+pub enum ReqBody {
+    /// Streamed once, with the size limit enforced.
+    Stream(Option<Limited<Incoming>>),
+    /// Buffered, sent again on each try.
+    Replay(Bytes),
+}
+
+impl ReqBody {
+    /// No body.
+    pub fn empty() -> Self {
+        ReqBody::Replay(Bytes::new())
+    }
+
+    /// Whether another try can still get a body.
+    fn can_resend(&self) -> bool {
+        matches!(self, ReqBody::Replay(_) | ReqBody::Stream(Some(_)))
+    }
+
+    fn take(&mut self) -> Option<UpstreamBody> {
+        match self {
+            ReqBody::Stream(b) => b.take().map(Either::Left),
+            ReqBody::Replay(b) => Some(Either::Right(Full::new(b.clone()))),
+        }
+    }
+}
+
+/// A request on its way to a pool, reused for every try.
+pub struct Outgoing {
+    /// The upstream head: HTTP/1.1, hop-by-hop headers removed, forwarding headers added. Its
+    /// URI is set per try.
+    pub head: Parts,
+    /// Path and query of the request target.
+    pub path: PathAndQuery,
+    /// The body.
+    pub body: ReqBody,
+    /// Who sent it.
+    pub client: Client,
+    /// When it arrived (slow start, rate limits).
+    pub start: Instant,
+}
+
+/// A response head from a backend, with what its body needs.
+pub struct Fetched {
+    /// The response, hop-by-hop headers removed; its body still streams.
+    pub resp: Response<Incoming>,
+    /// The backend's in-flight slot, held until the body ends.
+    pub slot: Slot,
+    /// A sticky cookie the strategy wants set.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// Stage: checks the body's declared size (413), keeps small bodies for replay when the pool
+/// retries, and builds the upstream head.
+pub async fn prepare(
+    snap: &Snapshot,
+    routed: &Routed,
+    mut parts: Parts,
+    body: Incoming,
+    client: Client,
+    request_id: &HeaderValue,
+    start: Instant,
+) -> Result<Outgoing, ProxyError> {
+    let max_body = snap.limits.max_request_body;
+    let entry = snap.pools.get(routed.pool).ok_or(ProxyError::NoRoute)?;
+    let declared = body.size_hint().exact();
+    if body.size_hint().lower() > max_body {
+        return Err(ProxyError::BodyTooLarge(max_body));
+    }
+    let limited = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX));
+    let retry = entry.retry.as_ref().filter(|r| r.attempts > 1);
+    let body = match (retry, declared) {
+        (Some(r), Some(n)) if n <= r.max_replay_body => match limited.collect().await {
+            Ok(b) => ReqBody::Replay(b.to_bytes()),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(ProxyError::BodyTooLarge(max_body))
+            }
+            Err(_) => return Err(ProxyError::BadRequest("the request body could not be read")),
+        },
+        _ => ReqBody::Stream(Some(limited)),
+    };
+
+    parts.version = Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(h) = &routed.host {
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
+    headers::add_forwarded(
+        &mut parts.headers,
+        client.ip,
+        client.tls,
+        routed.host.as_ref(),
+    );
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Ok(Outgoing {
+        head: parts,
+        path,
+        body,
+        client,
+        start,
+    })
+}
+
+/// Stages select/admit -> forward -> record, with retries: sends `out` to the pool `pool` and
+/// returns the first response that is not retried.
+pub async fn fetch(
+    snap: &Snapshot,
+    pool: usize,
+    mut out: Outgoing,
+    tried: &mut Tried,
+) -> Result<Fetched, ProxyError> {
+    let max_body = snap.limits.max_request_body;
+    let entry = snap.pools.get(pool).ok_or(ProxyError::NoRoute)?;
+    let retry = entry.retry.as_ref().filter(|r| r.attempts > 1);
+    let may_replay = idempotent(&out.head.method);
+    // The retry budget's base: only pools that retry count their requests.
+    let _active = retry.map(|_| Active::new(entry));
+    // The retry in flight, if any: it counts against the budget until its try is over.
+    let mut _retrying: Option<Retrying<'_>> = None;
+    let mut excluded: Vec<usize> = Vec::new();
+    let max_attempts = retry.map_or(1, |r| r.attempts);
+    loop {
+        tried.attempts += 1;
+        let attempt = tried.attempts;
+
+        let admitted = admit(
+            entry,
+            out.client,
+            &out.head.headers,
+            out.path.query(),
+            &excluded,
+            out.start,
+        )
+        .await?;
+        let backend = &entry.pool.backends[admitted.index];
+        tried.backend = Some(admitted.index);
+        tried.decision = admitted.decision;
+
+        let Some(body) = out.body.take() else {
+            return Err(ProxyError::Upstream(
+                backend.authority.to_string(),
+                "request body already sent".into(),
+            ));
+        };
+        // Only a try that may be followed by another needs a copy of the head; the last one
+        // (usually the only one) takes it, and the loop ends with it.
+        let mut head = if attempt < max_attempts {
+            clone_head(&out.head)
+        } else {
+            std::mem::replace(&mut out.head, Request::new(()).into_parts().0)
+        };
+        head.uri = upstream_uri(backend, &out.path)
+            .ok_or(ProxyError::BadRequest("invalid request target"))?;
+        let timeout = retry
+            .and_then(|r| r.per_try_timeout)
+            .unwrap_or(entry.timeouts.response_header);
+        let sent = Instant::now();
+        let result = entry
+            .client
+            .send(
+                Request::from_parts(head, body),
+                timeout,
+                backend.authority.as_str(),
+            )
+            .await;
+
+        let outcome = match record::outcome(&backend.state, admitted.permit, &result, sent) {
+            Recorded::Outcome(o) => o,
+            Recorded::ClientFault => return Err(ProxyError::BodyTooLarge(max_body)),
+        };
+
+        if let Some(r) = retry {
+            let again = attempt < max_attempts
+                && r.on.contains(outcome)
+                && out.body.can_resend()
+                && (may_replay || outcome == Outcome::ConnectError);
+            if again {
+                // This request's previous retry (if any) is over: release it before asking.
+                _retrying = None;
+                if entry.budget.try_retry(r.budget) {
+                    _retrying = Some(Retrying(entry));
+                    entry.retries.outcome_of(outcome);
+                    drop(result);
+                    drop(admitted.slot);
+                    excluded.push(admitted.index);
+                    tokio::time::sleep(backoff(r, attempt)).await;
+                    continue;
+                }
+                entry.budget_exhausted.increment(1);
+            }
+        }
+
+        let mut resp = result?;
+        headers::strip_hop_by_hop(resp.headers_mut());
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Upgrades are not proxied yet: the Upgrade header was stripped on the way in.
+            return Err(ProxyError::Upstream(
+                backend.authority.to_string(),
+                "unexpected 101 Switching Protocols".to_owned(),
+            ));
+        }
+        return Ok(Fetched {
+            resp,
+            slot: admitted.slot,
+            set_cookie: admitted.set_cookie,
+        });
+    }
+}
+
+/// Counts a request as active in its pool (the retry budget's base).
+struct Active<'a>(&'a PoolEntry);
+
+impl<'a> Active<'a> {
+    fn new(e: &'a PoolEntry) -> Self {
+        e.budget.active.fetch_add(1, Ordering::Relaxed);
+        Self(e)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.budget.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One retry in flight, counted against the pool's retry budget until dropped.
+struct Retrying<'a>(&'a PoolEntry);
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.0.budget.retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Full jitter: uniformly random up to min(max, base × 2^(attempt-1)).
+fn backoff(r: &RetryConfig, attempt: u32) -> Duration {
+    let ceiling = r
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(r.backoff_max);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+/// A copy of a request head for one try (the URI is set per try).
+pub fn clone_head(p: &Parts) -> Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = p.method.clone();
+    head.version = p.version;
+    head.headers = p.headers.clone();
+    head
+}
+
+fn upstream_uri(backend: &Backend, path: &PathAndQuery) -> Option<Uri> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(backend.authority.clone());
+    uri.path_and_query = Some(path.clone());
+    Uri::from_parts(uri).ok()
+}

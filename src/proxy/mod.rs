@@ -1,0 +1,85 @@
+//! The request pipeline, and the only place that knows the order of its stages. Each stage is
+//! a function in its own file, with typed input and output:
+//!
+//! 1. [`limit::shed`]: past `limits.max_inflight`, 503 at once
+//! 2. snapshot: one `load_full` per request; the request keeps it to the end
+//! 3. [`route::find`]: host + path prefix + headers -> route (404 when none)
+//! 4. [`limit::rate`]: the route's token bucket (429 with `RateLimit-*` headers)
+//! 5. [`forward::prepare`]: declared body size (413), a replay copy when the pool retries, and
+//!    the upstream head (hop-by-hop headers out, `X-Forwarded-*` and `Via` in)
+//! 6. [`forward::fetch`]: select + admit ([`admit::admit`]: strategy, slot, breaker permit,
+//!    wait queue) -> send -> record ([`record::outcome`]: breaker, metrics); a retryable
+//!    outcome goes round again on another backend
+//! 7. respond: the backend's body streams back holding its slot and the in-flight slot until
+//!    its last byte
+//! 8. [`decorate::apply`]: the per-request response headers, on every response
+//! 9. [`log::finish`]: request metrics and the access log line
+
+pub mod admit;
+pub mod decorate;
+pub mod exchange;
+pub mod forward;
+pub mod limit;
+pub mod log;
+pub mod record;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::state::Snapshot;
+
+pub use exchange::{Client, ConnCtx, ConnInfo, Exchange};
+
+/// Handles one client request end to end. Never fails: every error becomes a response.
+pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
+    let snap = ctx.state.load_full();
+    let mut x = Exchange::new(Instant::now(), headers::request_id(req.headers()));
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let mut resp = match pipeline(ctx, &snap, req, &mut x).await {
+        Ok(r) => r,
+        Err(e) => {
+            x.error = Some(e.code());
+            e.response(&x.request_id).map(ProxyBody::full)
+        }
+    };
+    decorate::apply(&mut resp, &mut x);
+    log::finish(&snap, &ctx.conn, &method, &uri, resp.status().as_u16(), &x);
+    resp
+}
+
+async fn pipeline(
+    ctx: &ConnCtx,
+    snap: &Arc<Snapshot>,
+    req: Request<Incoming>,
+    x: &mut Exchange,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let inflight = limit::shed(&ctx.shed, snap)?;
+    let (parts, body) = req.into_parts();
+    let routed = route::find(snap, &parts)?;
+    x.route = Some(routed.index);
+    x.pool = Some(routed.pool);
+    route::supported(&parts)?;
+    let client = ctx.conn.client();
+    limit::rate(snap, &routed, client.ip, &parts.headers, x)?;
+    let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;
+    let fetched = forward::fetch(snap, routed.pool, out, &mut x.tried).await?;
+    x.via = true;
+    x.set_cookie = fetched.set_cookie;
+    let (parts, body) = fetched.resp.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::Upstream {
+            body,
+            slot: fetched.slot,
+            inflight,
+        },
+    ))
+}
