@@ -1,0 +1,179 @@
+//! `pools.NAME`: timeouts, backends, strategy blocks, protection and the wait queue.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{protection, strategies, Errors, MAX_WEIGHT};
+use crate::config::raw::{RawPool, StrategyKind};
+use crate::config::{BackendConfig, PoolConfig, QueueConfig, Timeouts};
+
+pub(super) fn validate(
+    e: &mut Errors<'_>,
+    name: &str,
+    p: &RawPool,
+    base: &Path,
+    warnings: &mut Vec<String>,
+) -> PoolConfig {
+    let pp = format!("pools.{name}");
+    let timeouts = Timeouts {
+        connect: e.positive(
+            &format!("{pp}.timeouts.connect"),
+            p.timeouts.connect.as_ref(),
+            Duration::from_secs(5),
+        ),
+        response_header: e.positive(
+            &format!("{pp}.timeouts.response_header"),
+            p.timeouts.response_header.as_ref(),
+            Duration::from_secs(60),
+        ),
+        idle: e.duration(
+            &format!("{pp}.timeouts.idle"),
+            p.timeouts.idle.as_ref(),
+            Duration::from_secs(90),
+        ),
+    };
+    if p.backends.is_empty() {
+        e.push(
+            format!("{pp}.backends"),
+            "a pool needs at least one backend",
+        );
+    }
+    let pool_cap = e.count(
+        &format!("{pp}.max_connections"),
+        p.max_connections,
+        1,
+        Some(u32::MAX.into()),
+    );
+    let mut seen = HashSet::new();
+    let mut backends = Vec::new();
+    for (i, b) in p.backends.iter().enumerate() {
+        let bp = format!("{pp}.backends[{i}]");
+        let address = e.addr(&format!("{bp}.address"), &b.address);
+        if let Some(a) = address {
+            if !seen.insert(a) {
+                e.push(
+                    format!("{bp}.address"),
+                    format!("duplicate backend address {a} in this pool"),
+                );
+            }
+        }
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if w < 1 => {
+                e.push(format!("{bp}.weight"), "must be at least 1");
+                1
+            }
+            Some(w) if w > MAX_WEIGHT => {
+                e.push(
+                    format!("{bp}.weight"),
+                    format!("must be at most {MAX_WEIGHT}"),
+                );
+                1
+            }
+            Some(w) => w as u32,
+        };
+        if let Some(r) = &b.region {
+            if r.trim().is_empty() {
+                e.push(format!("{bp}.region"), "must not be empty");
+            }
+        }
+        let cap = e.count(
+            &format!("{bp}.max_connections"),
+            b.max_connections,
+            1,
+            Some(u32::MAX.into()),
+        );
+        if let Some(address) = address {
+            backends.push(BackendConfig {
+                address,
+                weight,
+                region: b.region.clone(),
+                max_connections: cap.or(pool_cap).map(|c| c as u32),
+            });
+        }
+    }
+    let slow_start = p
+        .slow_start
+        .as_ref()
+        .map(|v| e.duration(&format!("{pp}.slow_start"), Some(v), Duration::ZERO))
+        .filter(|d| !d.is_zero());
+    let affinity = match (&p.affinity, p.strategy) {
+        (Some(a), StrategyKind::Affinity) => {
+            Some(strategies::affinity(e, &format!("{pp}.affinity"), a, base))
+        }
+        (None, StrategyKind::Affinity) => {
+            e.push(
+                format!("{pp}.strategy"),
+                "strategy affinity needs an `affinity` block",
+            );
+            None
+        }
+        (Some(_), _) => {
+            e.push(
+                format!("{pp}.affinity"),
+                "only used with strategy: affinity",
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let geo = match (&p.geo, p.strategy) {
+        (Some(g), StrategyKind::Geo) => Some(strategies::geo(
+            e,
+            &format!("{pp}.geo"),
+            g,
+            base,
+            &backends,
+            warnings,
+        )),
+        (None, StrategyKind::Geo) => {
+            e.push(format!("{pp}.strategy"), "strategy geo needs a `geo` block");
+            None
+        }
+        (Some(_), _) => {
+            e.push(format!("{pp}.geo"), "only used with strategy: geo");
+            None
+        }
+        (None, _) => None,
+    };
+    let health = p
+        .health_check
+        .as_ref()
+        .map(|h| protection::health(e, &format!("{pp}.health_check"), h));
+    let breaker = p
+        .circuit_breaker
+        .as_ref()
+        .map(|b| protection::breaker(e, &format!("{pp}.circuit_breaker"), b));
+    let retry = p
+        .retry
+        .as_ref()
+        .map(|r| protection::retry(e, &format!("{pp}.retry"), r));
+    let queue = {
+        let qp = format!("{pp}.queue");
+        let q = p.queue.as_ref();
+        QueueConfig {
+            max: e
+                .count(&format!("{qp}.max"), q.and_then(|q| q.max), 0, None)
+                .unwrap_or(1000) as usize,
+            timeout: e.duration(
+                &format!("{qp}.timeout"),
+                q.and_then(|q| q.timeout.as_ref()),
+                Duration::from_secs(5),
+            ),
+        }
+    };
+    PoolConfig {
+        name: name.to_owned(),
+        strategy: p.strategy,
+        timeouts,
+        backends,
+        slow_start,
+        affinity,
+        geo,
+        health,
+        breaker,
+        retry,
+        queue,
+    }
+}

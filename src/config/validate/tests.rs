@@ -1,0 +1,119 @@
+//! Validation tests: every error collected, with its line.
+
+use crate::config::parse_str;
+use std::path::Path;
+
+fn errs(src: &str) -> Vec<String> {
+    match parse_str(src, Path::new(".")) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|x| x.to_string()).collect(),
+    }
+}
+
+#[test]
+fn collects_all_errors_with_lines() {
+    let src = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: api
+    pool: missing
+pools:
+  empty:
+    backends: []
+  sandboxes:
+    timeouts: { connect: 5 parsecs }
+    backends:
+      - { address: 127.0.0.1:9001 }
+      - { address: 127.0.0.1:9001, weight: 0 }
+      - { address: not-an-address }
+";
+    let mut e = errs(src);
+    assert_eq!(e.len(), 6, "{e:?}");
+    let duration = e.remove(2);
+    assert!(
+        duration.starts_with(
+            "line 11: pools.sandboxes.timeouts.connect: invalid duration \"5 parsecs\""
+        ),
+        "{duration}"
+    );
+    assert_eq!(
+        e,
+        vec![
+            "line 6: routes[0].pool: no pool named \"missing\"",
+            "line 9: pools.empty.backends: a pool needs at least one backend",
+            "line 14: pools.sandboxes.backends[1].address: duplicate backend address 127.0.0.1:9001 in this pool",
+            "line 14: pools.sandboxes.backends[1].weight: must be at least 1",
+            "line 15: pools.sandboxes.backends[2].address: invalid address \"not-an-address\"; write ip:port, e.g. 127.0.0.1:9001",
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_line() {
+    let src = "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    colour: blue\n";
+    let e = errs(src);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("line 4: listeners[0]: unknown field `colour`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn sizes_and_hosts() {
+    let src = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+limits: { max_request_body: 1MiB, max_header_bytes: 1KiB }
+routes:
+  - { name: r, match: { host: '*.example.com' }, pool: p }
+  - { name: s, match: { host: 'a*b' }, pool: p }
+pools:
+  p: { backends: [{ address: 127.0.0.1:2 }] }
+";
+    let e = errs(src);
+    assert_eq!(
+        e,
+        vec![
+            "line 2: limits.max_header_bytes: must be at least 8KiB",
+            "line 5: routes[1].match.host: invalid host \"a*b\"; write an exact host or *.example.com",
+        ]
+    );
+}
+
+#[test]
+fn protection_keys_are_validated() {
+    let src = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+limits: { max_inflight: 0 }
+routes:
+  - { name: r, pool: p, rate_limit: { rate: 10/fortnight, key: 'cookie:x' } }
+pools:
+  p:
+    health_check: { path: healthz, interval: 1s, timeout: 2s, jitter: lots, expect_status: 600-700 }
+    circuit_breaker: { failure_on: [connect_error, teapot], open_for: 10s, max_open_for: 1s }
+    retry: { attempts: 0, budget: 150% }
+    max_connections: 0
+    backends: [{ address: 127.0.0.1:2 }]
+";
+    let e = errs(src);
+    let want = [
+        "line 2: limits.max_inflight: must be at least 1",
+        "line 4: routes[0].rate_limit.key: invalid key \"cookie:x\"; write client_ip or header:NAME",
+        "line 4: routes[0].rate_limit.rate: invalid rate \"10/fortnight\"; write e.g. 100/s, 600/m or 3600/h",
+        "line 7: pools.p.health_check.path: must start with /",
+        "line 7: pools.p.health_check.expect_status: invalid status range \"600-700\"; write e.g. 200-399 or 200,204",
+        "line 7: pools.p.health_check.timeout: must not exceed interval",
+        "line 7: pools.p.health_check.jitter: invalid percentage \"lots\"; write e.g. 50%",
+        "line 8: pools.p.circuit_breaker.max_open_for: must be at least open_for",
+        "line 8: pools.p.circuit_breaker.failure_on[1]: unknown outcome \"teapot\"; use connect_error, timeout, error, 5xx or a status code",
+        "line 9: pools.p.retry.attempts: must be at least 1",
+        "line 9: pools.p.retry.budget: invalid percentage \"150%\"; write e.g. 50%",
+        "line 10: pools.p.max_connections: must be at least 1",
+    ];
+    for w in want {
+        assert!(e.iter().any(|x| x == w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+}
