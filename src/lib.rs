@@ -28,6 +28,7 @@ pub mod backend;
 pub mod balance;
 pub mod body;
 pub mod breaker;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -61,6 +61,24 @@ pub const RATE_LIMITED_TOTAL: &str = "sandgate_rate_limited_total";
 /// `sandgate_shed_total{reason}` (`connections`, `inflight`)
 pub const SHED_TOTAL: &str = "sandgate_shed_total";
 
+/// `sandgate_cache_requests_total{route,result}` (`hit`, `miss`, `stale`, `revalidated`,
+/// `coalesced`, `bypass`)
+pub const CACHE_REQUESTS_TOTAL: &str = "sandgate_cache_requests_total";
+/// `sandgate_cache_bytes{tier}`
+pub const CACHE_BYTES: &str = "sandgate_cache_bytes";
+/// `sandgate_cache_entries{tier}`
+pub const CACHE_ENTRIES: &str = "sandgate_cache_entries";
+/// `sandgate_cache_evictions_total{tier}`
+pub const CACHE_EVICTIONS_TOTAL: &str = "sandgate_cache_evictions_total";
+/// `sandgate_cache_store_total{result}` (`stored`, `too_large`, `uncacheable`, `aborted`)
+pub const CACHE_STORE_TOTAL: &str = "sandgate_cache_store_total";
+/// `sandgate_cache_purges_total{kind}` (`url`, `prefix`, `tag`, `all`, `invalidation`)
+pub const CACHE_PURGES_TOTAL: &str = "sandgate_cache_purges_total";
+/// `sandgate_cache_redis_errors_total{op}` (`get`, `set`, `purge`, `publish`, `subscribe`)
+pub const CACHE_REDIS_ERRORS_TOTAL: &str = "sandgate_cache_redis_errors_total";
+/// `sandgate_cache_redis_dropped_total`: writes dropped because the Redis queue was full
+pub const CACHE_REDIS_DROPPED_TOTAL: &str = "sandgate_cache_redis_dropped_total";
+
 /// Histogram buckets (seconds) for request and upstream durations.
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -112,6 +130,32 @@ fn describe() {
     describe_gauge!(
         CONFIG_GENERATION,
         "Generation of the config snapshot now serving."
+    );
+    describe_counter!(
+        CACHE_REQUESTS_TOTAL,
+        "Requests on caching routes, by route and how the cache handled them."
+    );
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes stored, by tier.");
+    describe_gauge!(CACHE_ENTRIES, "Responses stored, by tier.");
+    describe_counter!(
+        CACHE_EVICTIONS_TOTAL,
+        "Stored responses evicted to stay within the tier's size, by tier."
+    );
+    describe_counter!(
+        CACHE_STORE_TOTAL,
+        "Responses the cache tried to store, by result."
+    );
+    describe_counter!(
+        CACHE_PURGES_TOTAL,
+        "Cache purges and invalidations, by kind."
+    );
+    describe_counter!(
+        CACHE_REDIS_ERRORS_TOTAL,
+        "Failed or timed-out Redis calls, by operation (each counts as a miss)."
+    );
+    describe_counter!(
+        CACHE_REDIS_DROPPED_TOTAL,
+        "Writes to Redis dropped because its queue was full."
     );
 }
 

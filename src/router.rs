@@ -111,6 +111,7 @@ mod tests {
                 .collect(),
             pool: 0,
             rate_limit: None,
+            cache: None,
         }
     }
 

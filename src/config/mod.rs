@@ -30,6 +30,57 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Pools in name order.
     pub pools: Vec<PoolConfig>,
+    /// The cache's stores.
+    pub cache: CacheConfig,
+    /// The bearer token of admin POSTs (`admin.token_file`), if any.
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret read from a file (never logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub std::sync::Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `cache` (top level): the stores shared by every caching route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Memory tier capacity in bytes (heads + bodies).
+    pub max_size: u64,
+    /// Largest response stored, in bytes.
+    pub max_object_size: u64,
+    /// The shared second tier.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `cache.redis`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// Connection URL.
+    pub url: String,
+    /// Prefix of keys and of the invalidation channel.
+    pub key_prefix: String,
+    /// Longest wait for one call.
+    pub timeout: Duration,
+    /// Largest response written to Redis, in bytes.
+    pub max_object_size: u64,
+}
+
+/// `routes[i].cache` of a route that caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteCacheConfig {
+    /// Stale entries may stand in for a failed backend this long past their freshness.
+    pub stale_if_error: Duration,
+    /// Stale entries are served while revalidating in the background this long.
+    pub stale_while_revalidate: Duration,
+    /// Concurrent misses wait this long for the first one's fill.
+    pub lock_timeout: Duration,
+    /// Cap on any freshness lifetime.
+    pub max_ttl: Duration,
 }
 
 /// One listener.
@@ -102,6 +153,8 @@ pub struct RouteConfig {
     pub pool: usize,
     /// Token-bucket rate limit.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Response caching, when enabled.
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// What a rate limit counts by.

@@ -28,6 +28,62 @@ pub struct RawConfig {
     /// Backend pools by name.
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
+    /// The response cache's stores, shared by every route that caches.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+}
+
+/// `cache` (top level).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Memory tier: total bytes of stored heads and bodies.
+    #[serde(default)]
+    pub max_size: Option<String>,
+    /// Bigger responses stream through and are not stored.
+    #[serde(default)]
+    pub max_object_size: Option<String>,
+    /// Optional second tier shared by every instance that names it.
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
+}
+
+/// `cache.redis`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key and of the invalidation channel.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// A slower or failed call counts as a miss.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Bigger responses stay in memory only.
+    #[serde(default)]
+    pub max_object_size: Option<String>,
+}
+
+/// `routes[i].cache`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Whether the route caches (default false).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// How long a stale entry may stand in for a failed backend.
+    #[serde(default)]
+    pub stale_if_error: Option<String>,
+    /// How long a stale entry is served while it revalidates in the background.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<String>,
+    /// How long concurrent misses wait for the first one's fill.
+    #[serde(default)]
+    pub lock_timeout: Option<String>,
+    /// Cap on any freshness lifetime.
+    #[serde(default)]
+    pub max_ttl: Option<String>,
 }
 
 /// `listeners[i]`.
@@ -67,6 +123,9 @@ pub struct RawCertificate {
 pub struct RawAdmin {
     /// `ip:port` of the admin listener.
     pub address: String,
+    /// File holding the bearer token every admin POST needs.
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 /// `runtime`.
@@ -116,6 +175,9 @@ pub struct RawRoute {
     /// Optional token-bucket rate limit.
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// Response caching for this route.
+    #[serde(default)]
+    pub cache: Option<RawRouteCache>,
 }
 
 /// `routes[i].rate_limit`.

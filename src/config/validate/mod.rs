@@ -1,6 +1,7 @@
 //! Raw YAML structs -> typed [`Config`]. Pure apart from reading the TLS files the config names.
 //! Every problem is collected (not just the first), each with its YAML path and line.
 
+mod cache;
 mod listeners;
 mod pools;
 mod protection;
@@ -13,7 +14,9 @@ use std::time::Duration;
 
 use super::lines::LineIndex;
 use super::raw::RawConfig;
-use super::{Config, ConfigError, ConfigErrors, LimitsConfig, Loaded, OutcomeSet, RuntimeConfig};
+use super::{
+    Config, ConfigError, ConfigErrors, LimitsConfig, Loaded, OutcomeSet, RuntimeConfig, Secret,
+};
 
 /// Largest accepted backend weight; keeps the precomputed weighted schedule small.
 pub const MAX_WEIGHT: i64 = 10_000;
@@ -129,6 +132,35 @@ impl Errors<'_> {
         set
     }
 
+    /// A secret of at least 32 bytes read from `file` (relative to `base`); a trailing
+    /// newline is not part of it.
+    fn secret(&mut self, path: &str, base: &Path, file: &str) -> Option<Vec<u8>> {
+        let full = base.join(file);
+        match std::fs::read(&full) {
+            Ok(mut b) => {
+                while b.last().is_some_and(|x| *x == b'\n' || *x == b'\r') {
+                    b.pop();
+                }
+                if b.len() < 32 {
+                    self.push(
+                        path,
+                        format!(
+                            "{} holds {} bytes; at least 32 are needed",
+                            full.display(),
+                            b.len()
+                        ),
+                    );
+                    return None;
+                }
+                Some(b)
+            }
+            Err(err) => {
+                self.push(path, format!("cannot read {}: {err}", full.display()));
+                None
+            }
+        }
+    }
+
     fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
         match s.trim().parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -222,6 +254,12 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
         pools.push(pools::validate(&mut e, name, p, base, &mut warnings));
     }
     let routes = routes::validate(&mut e, raw, &pool_names, &mut warnings);
+    let cache = cache::stores(&mut e, raw.cache.as_ref());
+    let admin_token = raw.admin.as_ref().and_then(|a| {
+        let file = a.token_file.as_ref()?;
+        e.secret("admin.token_file", base, file)
+            .map(|t| Secret(t.into()))
+    });
 
     if !e.list.is_empty() {
         // Report in file order.
@@ -236,6 +274,8 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             limits,
             routes,
             pools,
+            cache,
+            admin_token,
         },
         warnings,
     })

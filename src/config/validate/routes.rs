@@ -62,6 +62,10 @@ pub(super) fn validate(
             .rate_limit
             .as_ref()
             .and_then(|rl| rate_limit(e, &format!("{p}.rate_limit"), rl));
+        let cache = r
+            .cache
+            .as_ref()
+            .and_then(|c| super::cache::route(e, &format!("{p}.cache"), c));
         if let Some(pool) = pool {
             routes.push(RouteConfig {
                 name: r.name.clone(),
@@ -70,6 +74,7 @@ pub(super) fn validate(
                 headers,
                 pool,
                 rate_limit,
+                cache,
             });
         }
     }

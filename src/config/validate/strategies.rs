@@ -62,34 +62,7 @@ pub(super) fn affinity(
             c.max_age.as_ref(),
             Duration::from_secs(3600),
         );
-        let path = base.join(&c.secret_file);
-        let secret = match std::fs::read(&path) {
-            Ok(mut b) => {
-                while b.last().is_some_and(|x| *x == b'\n' || *x == b'\r') {
-                    b.pop();
-                }
-                if b.len() < 32 {
-                    e.push(
-                        format!("{cp}.secret_file"),
-                        format!(
-                            "{} holds {} bytes; at least 32 are needed",
-                            path.display(),
-                            b.len()
-                        ),
-                    );
-                    None
-                } else {
-                    Some(b)
-                }
-            }
-            Err(err) => {
-                e.push(
-                    format!("{cp}.secret_file"),
-                    format!("cannot read {}: {err}", path.display()),
-                );
-                None
-            }
-        }?;
+        let secret = e.secret(&format!("{cp}.secret_file"), base, &c.secret_file)?;
         Some(CookieConfig {
             name: c.name.clone(),
             max_age,
