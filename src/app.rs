@@ -39,7 +39,7 @@ pub async fn run(
         tracing::warn!("config warning: {w}");
     }
     let cfg = loaded.config;
-    let services = Arc::new(Services::default());
+    let services = Arc::new(Services::new(&cfg.cache)?);
     let snap = Snapshot::build(&cfg, None, &services.upstreams)?;
     metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
     let state: SharedState = Arc::new(ArcSwap::from_pointee(snap));
@@ -86,10 +86,12 @@ pub async fn run(
             .map_err(|e| format!("admin: cannot bind {addr}: {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(address = %bound, "admin listening");
-        let admin = Arc::new(Admin {
-            state: Arc::clone(&state),
+        let admin = Arc::new(Admin::new(
+            Arc::clone(&state),
             prometheus,
-        });
+            Arc::clone(&services),
+            Arc::clone(&shed),
+        )?);
         background.push(tokio::spawn(admin::serve(
             listener,
             admin,

@@ -10,7 +10,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::admission::Slot;
+use crate::cache::fill::FillBody;
 use crate::limit::InflightSlot;
+
+/// Errors a response body can end with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body of a response to a client.
 pub enum ProxyBody {
@@ -23,7 +27,14 @@ pub enum ProxyBody {
         /// The global in-flight count, released with it.
         inflight: InflightSlot,
     },
-    /// Written by sandgate (errors, admin); `None` once sent.
+    /// Read from a cache fill that another task pumps from the backend.
+    Fill {
+        /// The fill's reader.
+        body: FillBody,
+        /// The global in-flight count, released with it.
+        inflight: InflightSlot,
+    },
+    /// Complete: written by sandgate (errors, admin) or a stored response; `None` once sent.
     Full(Option<Bytes>),
 }
 
@@ -36,14 +47,15 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Fill { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ProxyBody::Full(b) => Poll::Ready(
                 b.take()
                     .filter(|b| !b.is_empty())
@@ -55,6 +67,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Fill { body, .. } => body.is_end_stream(),
             ProxyBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
         }
     }
@@ -62,6 +75,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Fill { body, .. } => body.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -45,6 +45,9 @@ pub enum ProxyError {
     /// A global limit shed the request.
     #[error("overloaded: {0}")]
     Overloaded(&'static str),
+    /// `Cache-Control: only-if-cached` and nothing usable is stored.
+    #[error("nothing usable is stored for this request (only-if-cached)")]
+    NotCached,
 }
 
 impl ProxyError {
@@ -61,7 +64,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect(_) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout(_) | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -80,7 +83,22 @@ impl ProxyError {
             ProxyError::QueueFull(_) => "queue_full",
             ProxyError::QueueTimeout(_) => "queue_timeout",
             ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::NotCached => "not_cached",
         }
+    }
+
+    /// Whether a stale cached response may stand in for this failure (RFC 5861: the backend
+    /// could not be reached, broke, timed out, or no backend could take the request).
+    pub fn allows_stale(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_)
+                | ProxyError::Timeout(_)
+                | ProxyError::Upstream(..)
+                | ProxyError::NoBackend(_)
+                | ProxyError::QueueFull(_)
+                | ProxyError::QueueTimeout(_)
+        )
     }
 
     /// How an upstream attempt that failed with this error counts for breakers, retries and

@@ -1,15 +1,32 @@
 //! Process-wide services that outlive config snapshots, handed to the pipeline in one value:
-//! the upstream connection pools and the tracker of tasks that run apart from any request.
+//! the upstream connection pools, the response cache, and the tracker of tasks that run apart
+//! from any request (cache fills, background revalidations, invalidations).
+
+use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
+use crate::cache::Cache;
+use crate::config::CacheConfig;
 use crate::upstream::Upstreams;
 
 /// Everything the pipeline uses that is not part of one config generation.
-#[derive(Default)]
 pub struct Services {
     /// Upstream connection pools (kept across reloads).
     pub upstreams: Upstreams,
+    /// The response cache's stores.
+    pub cache: Arc<Cache>,
     /// Tasks that may outlive the request that started them; shutdown waits for them.
     pub tasks: TaskTracker,
+}
+
+impl Services {
+    /// Builds the services for `cache`; must run inside the runtime (Redis starts tasks).
+    pub fn new(cache: &CacheConfig) -> Result<Self, String> {
+        Ok(Self {
+            upstreams: Upstreams::default(),
+            cache: Cache::new(cache)?,
+            tasks: TaskTracker::new(),
+        })
+    }
 }

@@ -17,12 +17,15 @@ use crate::backend::{Backend, BackendState};
 use crate::balance::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::cache::status::CacheResult;
 use crate::config::{
-    Config, HealthConfig, LimitsConfig, QueueConfig, RetryConfig, RuntimeConfig, Timeouts,
+    CacheConfig, Config, HealthConfig, LimitsConfig, QueueConfig, RetryConfig, RouteCacheConfig,
+    RuntimeConfig, Secret, Timeouts,
 };
 use crate::limit::RateLimiter;
 use crate::metrics::{
-    CodeCounters, REQUESTS_TOTAL, REQUEST_DURATION, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL,
+    CodeCounters, CACHE_REQUESTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION, RETRIES_TOTAL,
+    RETRY_BUDGET_EXHAUSTED_TOTAL,
 };
 use crate::router::Router;
 use crate::tls;
@@ -39,6 +42,29 @@ pub struct RouteStats {
     pub requests: CodeCounters,
     /// `sandgate_request_duration_seconds{route}`.
     pub duration: Histogram,
+}
+
+/// A caching route's settings and its `sandgate_cache_requests_total` handles.
+pub struct RouteCache {
+    /// `routes[i].cache`.
+    pub cfg: RouteCacheConfig,
+    results: [metrics::Counter; 6],
+}
+
+impl RouteCache {
+    fn new(route: &str, cfg: RouteCacheConfig) -> Self {
+        Self {
+            cfg,
+            results: CacheResult::ALL.map(|r| {
+                metrics::counter!(CACHE_REQUESTS_TOTAL, "route" => route.to_owned(), "result" => r.label())
+            }),
+        }
+    }
+
+    /// Counts one request's cache result.
+    pub fn count(&self, r: CacheResult) {
+        self.results[r as usize].increment(1);
+    }
 }
 
 /// A pool with what forwarding to it needs.
@@ -120,6 +146,12 @@ pub struct Snapshot {
     pub runtime: RuntimeConfig,
     /// Admin address (read at start-up).
     pub admin: Option<SocketAddr>,
+    /// The bearer token admin POSTs need.
+    pub admin_token: Option<Secret>,
+    /// Cache settings by route index (None: the route does not cache).
+    pub route_cache: Vec<Option<RouteCache>>,
+    /// The cache's store settings; `max_object_size` applies live, the rest at start-up.
+    pub cache: CacheConfig,
 }
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
@@ -288,6 +320,20 @@ impl Snapshot {
                 shutdown_grace: cfg.runtime.shutdown_grace,
             },
             admin: old.map_or(cfg.admin, |o| o.admin),
+            admin_token: cfg.admin_token.clone(),
+            route_cache: cfg
+                .routes
+                .iter()
+                .map(|r| r.cache.map(|c| RouteCache::new(&r.name, c)))
+                .collect(),
+            cache: match old {
+                // The stores were built at start-up: only the object size limit changes.
+                Some(o) => CacheConfig {
+                    max_object_size: cfg.cache.max_object_size.min(o.cache.max_size),
+                    ..o.cache.clone()
+                },
+                None => cfg.cache.clone(),
+            },
         })
     }
 
@@ -318,6 +364,12 @@ impl Snapshot {
         }
         if cfg.runtime.worker_threads != self.runtime.worker_threads {
             out.push("runtime.worker_threads changed".to_owned());
+        }
+        if cfg.cache.max_size != self.cache.max_size {
+            out.push("cache.max_size changed".to_owned());
+        }
+        if cfg.cache.redis != self.cache.redis {
+            out.push("cache.redis changed".to_owned());
         }
         out
     }

@@ -1,13 +1,16 @@
 //! Stage: decorate. The one place that adds per-request headers to a response, whatever made
-//! it (a backend, the cache, or sandgate's own error): `Via`, `X-Request-Id`, `RateLimit-*`
-//! and the sticky cookie. Stored cache entries never hold these.
+//! it (a backend, the cache, or sandgate's own error): `Via`, `X-Request-Id`, `RateLimit-*`,
+//! the sticky cookie and `Cache-Status`. Stored cache entries never hold these.
 
-use http::header;
+use http::header::{self, HeaderName};
 use http::Response;
 
 use crate::body::ProxyBody;
 use crate::headers::{VIA_VALUE, X_REQUEST_ID};
 use crate::proxy::exchange::Exchange;
+
+/// `Cache-Status` (RFC 9211).
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Adds the per-request headers of `x` to `resp`.
 pub fn apply(resp: &mut Response<ProxyBody>, x: &mut Exchange) {
@@ -21,5 +24,8 @@ pub fn apply(resp: &mut Response<ProxyBody>, x: &mut Exchange) {
     h.insert(X_REQUEST_ID.clone(), x.request_id.clone());
     if let Some(d) = &x.rate {
         d.write_headers(h);
+    }
+    if let Some(c) = &x.cache {
+        h.insert(CACHE_STATUS.clone(), c.value());
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
+use crate::cache::status::CacheStatus;
 use crate::limit::{Decision, Shedder};
 use crate::services::Services;
 use crate::state::SharedState;
@@ -84,6 +85,8 @@ pub struct Exchange {
     pub set_cookie: Option<HeaderValue>,
     /// Whether the response came from a backend (or the cache), so it carries `Via`.
     pub via: bool,
+    /// How the cache handled it, on caching routes.
+    pub cache: Option<CacheStatus>,
 }
 
 impl Exchange {
@@ -99,6 +102,7 @@ impl Exchange {
             rate: None,
             set_cookie: None,
             via: false,
+            cache: None,
         }
     }
 }

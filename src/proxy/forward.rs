@@ -96,31 +96,38 @@ pub async fn prepare(
     snap: &Snapshot,
     routed: &Routed,
     mut parts: Parts,
-    body: Incoming,
+    body: Option<Incoming>,
     client: Client,
     request_id: &HeaderValue,
     start: Instant,
 ) -> Result<Outgoing, ProxyError> {
     let max_body = snap.limits.max_request_body;
     let entry = snap.pools.get(routed.pool).ok_or(ProxyError::NoRoute)?;
-    let declared = body.size_hint().exact();
-    if body.size_hint().lower() > max_body {
-        return Err(ProxyError::BodyTooLarge(max_body));
-    }
-    let limited = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX));
-    let retry = entry.retry.as_ref().filter(|r| r.attempts > 1);
-    let body = match (retry, declared) {
-        (Some(r), Some(n)) if n <= r.max_replay_body => match limited.collect().await {
-            Ok(b) => ReqBody::Replay(b.to_bytes()),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(ProxyError::BodyTooLarge(max_body))
+    let body = match body {
+        None => ReqBody::empty(),
+        Some(body) => {
+            let declared = body.size_hint().exact();
+            if body.size_hint().lower() > max_body {
+                return Err(ProxyError::BodyTooLarge(max_body));
             }
-            Err(_) => return Err(ProxyError::BadRequest("the request body could not be read")),
-        },
-        _ => ReqBody::Stream(Some(limited)),
+            let limited = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX));
+            let retry = entry.retry.as_ref().filter(|r| r.attempts > 1);
+            match (retry, declared) {
+                (Some(r), Some(n)) if n <= r.max_replay_body => match limited.collect().await {
+                    Ok(b) => ReqBody::Replay(b.to_bytes()),
+                    Err(e)
+                        if e.downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some() =>
+                    {
+                        return Err(ProxyError::BodyTooLarge(max_body))
+                    }
+                    Err(_) => {
+                        return Err(ProxyError::BadRequest("the request body could not be read"))
+                    }
+                },
+                _ => ReqBody::Stream(Some(limited)),
+            }
+        }
     };
 
     parts.version = Version::HTTP_11;

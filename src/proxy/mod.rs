@@ -7,17 +7,21 @@
 //! 4. [`limit::rate`]: the route's token bucket (429 with `RateLimit-*` headers)
 //! 5. [`forward::prepare`]: declared body size (413), a replay copy when the pool retries, and
 //!    the upstream head (hop-by-hop headers out, `X-Forwarded-*` and `Via` in)
-//! 6. [`forward::fetch`]: select + admit ([`admit::admit`]: strategy, slot, breaker permit,
+//! 6. [`cache::serve`] on caching routes: lookup, fresh and stale hits, coalesced fills
+//!    ([`fill::run`] on its own task); it fetches through 7 itself on a miss
+//! 7. [`forward::fetch`]: select + admit ([`admit::admit`]: strategy, slot, breaker permit,
 //!    wait queue) -> send -> record ([`record::outcome`]: breaker, metrics); a retryable
 //!    outcome goes round again on another backend
-//! 7. respond: the backend's body streams back holding its slot and the in-flight slot until
+//! 8. respond: the backend's body streams back holding its slot and the in-flight slot until
 //!    its last byte
-//! 8. [`decorate::apply`]: the per-request response headers, on every response
-//! 9. [`log::finish`]: request metrics and the access log line
+//! 9. [`decorate::apply`]: the per-request response headers, on every response
+//! 10. [`log::finish`]: request metrics and the access log line
 
 pub mod admit;
+pub mod cache;
 pub mod decorate;
 pub mod exchange;
+pub mod fill;
 pub mod forward;
 pub mod limit;
 pub mod log;
@@ -27,6 +31,7 @@ pub mod route;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -39,11 +44,22 @@ pub use exchange::{Client, ConnCtx, ConnInfo, Exchange};
 
 /// Handles one client request end to end. Never fails: every error becomes a response.
 pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    handle_parts(ctx, parts, Some(body)).await
+}
+
+/// Like [`handle`], for a request given as its head and its body, if it has one (the admin
+/// API's cache warming sends requests without one).
+pub async fn handle_parts(
+    ctx: &ConnCtx,
+    parts: Parts,
+    body: Option<Incoming>,
+) -> Response<ProxyBody> {
     let snap = ctx.state.load_full();
-    let mut x = Exchange::new(Instant::now(), headers::request_id(req.headers()));
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let mut resp = match pipeline(ctx, &snap, req, &mut x).await {
+    let mut x = Exchange::new(Instant::now(), headers::request_id(&parts.headers));
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let mut resp = match pipeline(ctx, &snap, parts, body, &mut x).await {
         Ok(r) => r,
         Err(e) => {
             x.error = Some(e.code());
@@ -58,11 +74,11 @@ pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody
 async fn pipeline(
     ctx: &ConnCtx,
     snap: &Arc<Snapshot>,
-    req: Request<Incoming>,
+    parts: Parts,
+    body: Option<Incoming>,
     x: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let inflight = limit::shed(&ctx.shed, snap)?;
-    let (parts, body) = req.into_parts();
     let routed = route::find(snap, &parts)?;
     x.route = Some(routed.index);
     x.pool = Some(routed.pool);
@@ -70,6 +86,9 @@ async fn pipeline(
     let client = ctx.conn.client();
     limit::rate(snap, &routed, client.ip, &parts.headers, x)?;
     let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;
+    if let Some(rc) = snap.route_cache.get(routed.index).and_then(Option::as_ref) {
+        return cache::serve(ctx, snap, rc, &routed, out, inflight, x).await;
+    }
     let fetched = forward::fetch(snap, routed.pool, out, &mut x.tried).await?;
     x.via = true;
     x.set_cookie = fetched.set_cookie;

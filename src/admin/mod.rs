@@ -1,0 +1,202 @@
+//! The admin listener, apart from client traffic: `/metrics` (Prometheus text), `/healthz`,
+//! `/readyz` and `/admin/backends` (views of the current snapshot, in `views`), and the cache's
+//! purge and warm endpoints (in `cache`). Every POST needs `Authorization: Bearer <token>`
+//! with the contents of `admin.token_file` (401 when missing or wrong, 403 when no token file
+//! is configured); GETs need none.
+
+mod cache;
+mod views;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::limit::Shedder;
+use crate::services::Services;
+use crate::state::SharedState;
+
+/// Largest admin request body.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// An admin response.
+pub type AdminResponse = Response<Full<Bytes>>;
+
+/// What the admin handlers read.
+pub struct Admin {
+    /// Current snapshot.
+    pub state: SharedState,
+    /// Renders the Prometheus exposition.
+    pub prometheus: PrometheusHandle,
+    /// Process-wide services (the cache).
+    pub services: Arc<Services>,
+    /// Global limits, for requests the admin API sends through the pipeline (cache warming).
+    pub shed: Arc<Shedder>,
+    /// A key for comparing tokens in constant time, fresh per process.
+    token_key: ring::hmac::Key,
+}
+
+impl Admin {
+    /// The admin API over these services.
+    pub fn new(
+        state: SharedState,
+        prometheus: PrometheusHandle,
+        services: Arc<Services>,
+        shed: Arc<Shedder>,
+    ) -> Result<Self, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let token_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .map_err(|_| "cannot generate a random key".to_owned())?;
+        Ok(Self {
+            state,
+            prometheus,
+            services,
+            shed,
+            token_key,
+        })
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = Arc::clone(&admin);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+/// A JSON response.
+pub(crate) fn reply(status: StatusCode, v: serde_json::Value) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> AdminResponse {
+    reply(status, json!({"error": code, "message": message}))
+}
+
+impl Admin {
+    /// Routes one admin request.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+        let path = req.uri().path().to_owned();
+        match *req.method() {
+            Method::GET | Method::HEAD => self.get(&path),
+            Method::POST => {
+                if let Some(denied) = self.refuse(req.headers()) {
+                    tracing::warn!(%peer, path, "admin request refused: {}", denied.status());
+                    return denied;
+                }
+                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_body",
+                            "the request body could not be read (at most 1 MiB)",
+                        )
+                    }
+                };
+                match path.as_str() {
+                    "/admin/cache/purge" => self.purge(&body, peer).await,
+                    "/admin/cache/warm" => self.warm(&body, peer).await,
+                    _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+                }
+            }
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET, or POST for actions",
+            ),
+        }
+    }
+
+    fn get(&self, path: &str) -> AdminResponse {
+        match path {
+            "/metrics" => {
+                self.services.cache.memory.refresh_gauges();
+                let mut r = Response::new(Full::new(Bytes::from(self.prometheus.render())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            "/healthz" => reply(StatusCode::OK, json!({"status": "ok"})),
+            "/readyz" => self.readyz(),
+            "/admin/backends" => self.backends(),
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        }
+    }
+
+    /// Checks the bearer token of a POST, comparing in constant time (both sides go through
+    /// an HMAC under a per-process key, whose verification is constant-time); the refusal
+    /// when it does not hold.
+    fn refuse(&self, h: &http::HeaderMap) -> Option<AdminResponse> {
+        let snap = self.state.load();
+        let Some(token) = &snap.admin_token else {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin actions are off: set admin.token_file",
+            ));
+        };
+        let presented = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        let expected = ring::hmac::sign(&self.token_key, &token.0);
+        match ring::hmac::verify(&self.token_key, presented, expected.as_ref()) {
+            Ok(()) => None,
+            Err(_) => {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "send Authorization: Bearer <the contents of admin.token_file>",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"sandgate-admin\""),
+                );
+                Some(r)
+            }
+        }
+    }
+}
