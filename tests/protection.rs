@@ -33,17 +33,6 @@ async fn checked_backend(name: &'static str, up: Arc<AtomicBool>) -> Backend {
     .await
 }
 
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn metrics_text(proxy: &Proxy) -> String {
-    get(&proxy.admin_url("/metrics")).await.text()
-}
-
 const FAST_CHECKS: &str = "    health_check: { path: /healthz, interval: 200ms, jitter: 0%, timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 1 }\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,29 +608,4 @@ async fn sheds_requests_past_max_inflight_and_connections_past_max_connections()
     let m = metrics_text(&proxy).await;
     assert!(metric(&m, "sandgate_shed_total{reason=\"inflight\"}").unwrap() >= 1.0);
     assert!(metric(&m, "sandgate_shed_total{reason=\"connections\"}").unwrap() >= 1.0);
-}
-
-/// Polls `f` until true (bounded: 10 s).
-async fn wait_until(f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not reached in 10s");
-}
-
-async fn wait_until_async<F, Fut>(f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not reached in 10s");
 }
