@@ -52,6 +52,13 @@ async fn sandbox(name: String, req: Request<Incoming>) -> Response<DemoBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if req.uri().path().starts_with("/cached") {
+        // The demo's caching route: sandgate keeps this for 30 seconds.
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=30"),
+        );
+    }
     r
 }
 
@@ -92,6 +99,8 @@ pub fn config_yaml(sandboxes: &[SocketAddr]) -> String {
     let mut y = format!(
         "listeners:\n  - name: public\n    address: {PROXY_ADDR}\nadmin:\n  address: {ADMIN_ADDR}\n\
          routes:\n  - name: demo\n    match: {{ path_prefix: / }}\n    pool: sandboxes\n\
+         \x20 - name: cached\n    match: {{ path_prefix: /cached }}\n    pool: sandboxes\n\
+         \x20   cache: {{ enabled: true, stale_if_error: 5m }}\n\
          pools:\n  sandboxes:\n    strategy: weighted\n    backends:\n"
     );
     for (i, a) in sandboxes.iter().enumerate() {
@@ -113,6 +122,7 @@ mod tests {
             crate::config::parse_str(&super::config_yaml(&addrs), std::path::Path::new("."))
                 .expect("demo config validates");
         assert_eq!(loaded.config.pools[0].backends.len(), 3);
+        assert!(loaded.config.routes[1].cache.is_some(), "the demo caches /cached");
         assert!(loaded.warnings.is_empty());
     }
 }

@@ -172,6 +172,8 @@ fn run_demo() -> ExitCode {
              curl -i http://{p}/hello            # weighted 2:1:1 across the sandboxes\n    \
              curl -N http://{p}/stream           # a response streamed chunk by chunk\n    \
              curl --http2-prior-knowledge http://{p}/h2\n    \
+             for i in 1 2; do curl -s -o /dev/null -D - http://{p}/cached | grep -i cache-status; done\n    \
+                                                  # a miss, then a hit from sandgate's cache\n    \
              curl http://{a}/admin/backends\n    curl http://{a}/metrics\n\n  Ctrl-C stops it.",
             p = demo::PROXY_ADDR,
             a = demo::ADMIN_ADDR,

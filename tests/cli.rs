@@ -133,6 +133,12 @@ fn config_example_passes_check() {
         "0123456789abcdef0123456789abcdef\n",
     )
     .unwrap();
+    assert!(example.contains("/etc/sandgate/admin.token"));
+    std::fs::write(
+        dir.path().join("admin.token"),
+        "an-admin-token-of-at-least-32-bytes\n",
+    )
+    .unwrap();
     let yaml = example.replace("/etc/sandgate/", &format!("{}/", dir.path().display()));
     let (code, out, err) = check(&yaml);
     assert_eq!(code, 0, "config.example.yaml failed check:\n{err}");

@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+
+/// `Cache-Status` (RFC 9211).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The cache's name in `Cache-Status`.
 pub const CACHE_NAME: &str = "sandgate";

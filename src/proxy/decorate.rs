@@ -2,15 +2,13 @@
 //! it (a backend, the cache, or sandgate's own error): `Via`, `X-Request-Id`, `RateLimit-*`,
 //! the sticky cookie and `Cache-Status`. Stored cache entries never hold these.
 
-use http::header::{self, HeaderName};
+use http::header;
 use http::Response;
 
 use crate::body::ProxyBody;
 use crate::headers::{VIA_VALUE, X_REQUEST_ID};
+use crate::cache::status::CACHE_STATUS;
 use crate::proxy::exchange::Exchange;
-
-/// `Cache-Status` (RFC 9211).
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Adds the per-request headers of `x` to `resp`.
 pub fn apply(resp: &mut Response<ProxyBody>, x: &mut Exchange) {
@@ -26,6 +24,7 @@ pub fn apply(resp: &mut Response<ProxyBody>, x: &mut Exchange) {
         d.write_headers(h);
     }
     if let Some(c) = &x.cache {
-        h.insert(CACHE_STATUS.clone(), c.value());
+        // After any member a cache nearer the origin added (RFC 9211 section 2).
+        h.append(CACHE_STATUS.clone(), c.value());
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::cache::entry::{self, Entry, Head};
 use crate::cache::fill::{self, FillBody, Leader, Published, Pumped, Served};
 use crate::cache::policy::{self, unix, SURROGATE_CONTROL};
+use crate::cache::status::CACHE_STATUS;
 use crate::cache::{conditional, key, Cache, StoreResult};
 use crate::config::RouteCacheConfig;
 use crate::error::ProxyError;
@@ -88,10 +89,12 @@ fn stale_window(route: &RouteCacheConfig, e: &Entry) -> u64 {
         .max(f.stale_if_error.unwrap_or(route.stale_if_error.as_secs()))
 }
 
-/// The stored headers of a response: without `Age` (recomputed on use) and the fields its
-/// directives keep out of shared caches.
+/// The stored headers of a response: without `Age` (recomputed on use), without the
+/// backend's `Cache-Status` (true of that fetch only), and without the fields its directives
+/// keep out of shared caches.
 fn stored_headers(mut h: HeaderMap, omit: &[header::HeaderName]) -> HeaderMap {
     h.remove(header::AGE);
+    h.remove(&CACHE_STATUS);
     for n in omit {
         h.remove(n);
     }

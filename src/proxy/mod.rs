@@ -36,6 +36,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::cache::status::CacheStatus;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::state::Snapshot;
@@ -66,6 +67,15 @@ pub async fn handle_parts(
             e.response(&x.request_id).map(ProxyBody::full)
         }
     };
+    // Every response of a caching route says what the cache did, also when a stage before
+    // the cache answered (a rate limit, a body too large).
+    let caching = x.route.and_then(|i| snap.route_cache.get(i)).is_some_and(Option::is_some);
+    if caching && x.cache.is_none() {
+        x.cache = Some(CacheStatus {
+            detail: x.error,
+            ..CacheStatus::default()
+        });
+    }
     decorate::apply(&mut resp, &mut x);
     log::finish(&snap, &ctx.conn, &method, &uri, resp.status().as_u16(), &x);
     resp
