@@ -9,28 +9,12 @@
 //!
 //! Knobs: SANDGATE_BENCH_SECS (default 5), SANDGATE_BENCH_CONNS (default 32).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 
 mod support;
 
-use support::{
-    current_thread, free_port, read_line, spawn_backend, spawn_role, spawn_sandgate, wait_port,
-    Proc, BODY,
-};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::load::{env_u64, load, print_table, run_load, start_external, Measured};
+use support::{free_port, spawn_backend, spawn_sandgate, BODY};
 
 fn main() {
     let load_role = |role: &str| {
@@ -48,188 +32,16 @@ fn main() {
     orchestrate();
 }
 
-// ---------- roles ----------
-
-/// Runs keep-alive GET load against SANDGATE_BENCH_TARGET and prints
-/// `requests errors p50_us p99_us elapsed_s`.
-fn load() {
-    let target: SocketAddr = std::env::var("SANDGATE_BENCH_TARGET")
-        .expect("target")
-        .parse()
-        .expect("target addr");
-    let secs = env_u64("SANDGATE_BENCH_SECS", 5);
-    let conns = env_u64("SANDGATE_BENCH_CONNS", 32);
-    current_thread().block_on(async move {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut tasks = Vec::new();
-        for _ in 0..conns {
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(1 << 16);
-                let mut errors = 0u64;
-                let Ok(s) = tokio::net::TcpStream::connect(target).await else {
-                    return (lat, 1);
-                };
-                s.set_nodelay(true).ok();
-                let Ok((mut send, conn)) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(s)).await
-                else {
-                    return (lat, 1);
-                };
-                tokio::spawn(conn);
-                // Bounded by time and by count.
-                while Instant::now() < deadline && lat.len() < 5_000_000 {
-                    let req = hyper::Request::get("/bench")
-                        .header("host", "bench.local")
-                        .body(Empty::<Bytes>::new())
-                        .expect("request");
-                    let t = Instant::now();
-                    match send.send_request(req).await {
-                        Ok(r) if r.status() == 200 => {
-                            if r.into_body().collect().await.is_err() {
-                                errors += 1;
-                                break;
-                            }
-                            lat.push(t.elapsed().as_micros() as u32);
-                        }
-                        _ => {
-                            errors += 1;
-                            break;
-                        }
-                    }
-                }
-                (lat, errors)
-            }));
-        }
-        let start = Instant::now();
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            if let Ok((l, e)) = t.await {
-                all.extend(l);
-                errors += e;
-            }
-        }
-        let elapsed = start.elapsed().as_secs_f64().max(secs as f64);
-        all.sort_unstable();
-        let pct = |p: f64| {
-            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
-        println!(
-            "{} {} {} {} {}",
-            all.len(),
-            errors,
-            pct(0.50),
-            pct(0.99),
-            elapsed
-        );
-    });
-}
-
-// ---------- orchestration ----------
-
-/// utime + stime of a process (and its threads), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After the command name: state is field 0; utime is 11, stime 12 (stat fields 14, 15).
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-struct Result {
-    name: &'static str,
-    rps: f64,
-    p50: u64,
-    p99: u64,
-    cpu_us: Option<f64>,
-    errors: u64,
-}
-
-fn run_load(name: &'static str, port: u16, proxy_pids: &[u32]) -> Result {
-    let target = format!("127.0.0.1:{port}");
-    // Warm-up: one second.
-    let mut w = spawn_role(
-        "load",
-        &[
-            ("SANDGATE_BENCH_TARGET", target.clone()),
-            ("SANDGATE_BENCH_SECS", "1".into()),
-        ],
-    );
-    let _ = read_line(&mut w);
-    let _ = w.wait();
-    let cpu0: f64 = proxy_pids.iter().map(|p| cpu_seconds(*p)).sum();
-    let mut l = spawn_role("load", &[("SANDGATE_BENCH_TARGET", target)]);
-    let line = read_line(&mut l);
-    let _ = l.wait();
-    let cpu1: f64 = proxy_pids.iter().map(|p| cpu_seconds(*p)).sum();
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let (n, errors, p50, p99, secs) = match v[..] {
-        [a, b, c, d, e] => (a, b as u64, c as u64, d as u64, e),
-        _ => (0.0, 1, 0, 0, 1.0),
-    };
-    Result {
-        name,
-        rps: n / secs,
-        p50,
-        p99,
-        cpu_us: (!proxy_pids.is_empty() && n > 0.0).then(|| (cpu1 - cpu0) * 1e6 / n),
-        errors,
-    }
-}
-
-fn which(cmd: &str) -> Option<String> {
-    for dir in [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/sbin",
-        "/usr/local/bin",
-    ] {
-        let p = format!("{dir}/{cmd}");
-        if Path::new(&p).exists() {
-            return Some(p);
-        }
-    }
-    None
-}
-
-/// Runs the load through an installed proxy `name` (skipped with a message when it is not
-/// installed or does not start): writes its config for a free port, starts it, measures.
-fn bench_external(
+/// Measures an installed proxy, if it starts.
+fn external(
     name: &'static str,
     conf_name: &str,
     conf: &dyn Fn(u16) -> String,
     args: &dyn Fn(&Path) -> Vec<String>,
     dir: &Path,
-) -> Option<Result> {
-    let Some(bin) = which(name) else {
-        println!("{name}: not installed, skipped (apt-get install {name})");
-        return None;
-    };
-    let port = free_port();
-    let path = dir.join(conf_name);
-    std::fs::write(&path, conf(port)).expect("write config");
-    let proc = Proc(
-        Command::new(bin)
-            .args(args(&path))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn proxy"),
-    );
-    if !wait_port(port) {
-        println!("{name}: did not start, skipped");
-        return None;
-    }
-    Some(run_load(name, port, &[proc.0.id()]))
+) -> Option<Measured> {
+    let (proc, port) = start_external(name, conf_name, conf, args, dir, None)?;
+    Some(run_load(name, port, "/bench", &[proc.0.id()], None))
 }
 
 fn orchestrate() {
@@ -248,7 +60,7 @@ fn orchestrate() {
         env_u64("SANDGATE_BENCH_SECS", 5),
         ports
     );
-    let mut results = vec![run_load("direct", ports[0], &[])];
+    let mut results = vec![run_load("direct", ports[0], "/bench", &[], None)];
 
     // sandgate
     let sg_port = free_port();
@@ -258,7 +70,7 @@ fn orchestrate() {
             ports[0], ports[1]
     );
     let sg = spawn_sandgate(dir.path(), &sg_yaml, sg_port);
-    results.push(run_load("sandgate", sg_port, &[sg.0.id()]));
+    results.push(run_load("sandgate", sg_port, "/bench", &[sg.0.id()], None));
     drop(sg);
 
     // nginx (its prefix directory needs logs/)
@@ -282,7 +94,7 @@ fn orchestrate() {
             conf.display().to_string(),
         ]
     };
-    results.extend(bench_external(
+    results.extend(external(
         "nginx",
         "nginx.conf",
         &nginx_conf,
@@ -299,7 +111,7 @@ fn orchestrate() {
         )
     };
     let haproxy_args = |conf: &Path| vec!["-db".into(), "-f".into(), conf.display().to_string()];
-    results.extend(bench_external(
+    results.extend(external(
         "haproxy",
         "haproxy.cfg",
         &haproxy_conf,
@@ -307,19 +119,7 @@ fn orchestrate() {
         dir.path(),
     ));
 
-    println!("\n| target   |   req/s |  p50 µs |  p99 µs | proxy CPU µs/req | errors |");
-    println!("|----------|--------:|--------:|--------:|-----------------:|-------:|");
-    for r in &results {
-        println!(
-            "| {:<8} | {:>7.0} | {:>7} | {:>7} | {:>16} | {:>6} |",
-            r.name,
-            r.rps,
-            r.p50,
-            r.p99,
-            r.cpu_us.map_or("-".to_owned(), |c| format!("{c:.1}")),
-            r.errors
-        );
-    }
+    print_table(&results);
     let find = |n: &str| results.iter().find(|r| r.name == n);
     if let Some(sg) = find("sandgate") {
         println!();

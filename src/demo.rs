@@ -122,7 +122,10 @@ mod tests {
             crate::config::parse_str(&super::config_yaml(&addrs), std::path::Path::new("."))
                 .expect("demo config validates");
         assert_eq!(loaded.config.pools[0].backends.len(), 3);
-        assert!(loaded.config.routes[1].cache.is_some(), "the demo caches /cached");
+        assert!(
+            loaded.config.routes[1].cache.is_some(),
+            "the demo caches /cached"
+        );
         assert!(loaded.warnings.is_empty());
     }
 }

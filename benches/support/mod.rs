@@ -2,9 +2,11 @@
 //! handles that clean up, and port helpers. Only loopback addresses are used.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::convert::Infallible;
 use std::io::{BufRead, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -60,7 +62,13 @@ fn backend() {
             s.set_nodelay(true).ok();
             tokio::spawn(async move {
                 let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
+                    let mut r = hyper::Response::new(Full::new(Bytes::from_static(BODY)));
+                    if let Ok(cc) = std::env::var("SANDGATE_BENCH_CACHE_CONTROL") {
+                        if let Ok(v) = http::HeaderValue::from_str(&cc) {
+                            r.headers_mut().insert(http::header::CACHE_CONTROL, v);
+                        }
+                    }
+                    Ok::<_, Infallible>(r)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
@@ -70,9 +78,10 @@ fn backend() {
     });
 }
 
-/// Starts this binary as `role` with extra environment.
-pub fn spawn_role(role: &str, envs: &[(&str, String)]) -> Child {
-    let mut c = Command::new(std::env::current_exe().expect("exe"));
+/// Starts this binary as `role` with extra environment, pinned to `cpu` if given.
+pub fn spawn_role(role: &str, envs: &[(&str, String)], cpu: Option<usize>) -> Child {
+    let exe = std::env::current_exe().expect("exe");
+    let mut c = load::pinned(&exe.display().to_string(), cpu);
     c.env("SANDGATE_BENCH_ROLE", role)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -84,7 +93,13 @@ pub fn spawn_role(role: &str, envs: &[(&str, String)]) -> Child {
 
 /// Starts a backend process; returns it and its port.
 pub fn spawn_backend() -> (Proc, u16) {
-    let mut c = spawn_role("backend", &[]);
+    spawn_backend_with(&[], None)
+}
+
+/// Starts a backend process with extra environment (e.g. SANDGATE_BENCH_CACHE_CONTROL),
+/// pinned to `cpu` if given.
+pub fn spawn_backend_with(envs: &[(&str, String)], cpu: Option<usize>) -> (Proc, u16) {
+    let mut c = spawn_role("backend", envs, cpu);
     let port = read_line(&mut c).parse::<u16>().expect("backend port");
     (Proc(c), port)
 }
@@ -121,10 +136,15 @@ pub fn wait_port(port: u16) -> bool {
 
 /// Starts sandgate with `yaml`; returns it once its first listener port accepts.
 pub fn spawn_sandgate(dir: &std::path::Path, yaml: &str, port: u16) -> Proc {
+    spawn_sandgate_on(dir, yaml, port, None)
+}
+
+/// Like [`spawn_sandgate`], pinned to `cpu` if given.
+pub fn spawn_sandgate_on(dir: &std::path::Path, yaml: &str, port: u16, cpu: Option<usize>) -> Proc {
     let cfg = dir.join("sandgate.yaml");
     std::fs::write(&cfg, yaml).expect("write config");
     let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        load::pinned(env!("CARGO_BIN_EXE_sandgate"), cpu)
             .args(["run", "-c"])
             .arg(&cfg)
             .env("RUST_LOG", "warn")

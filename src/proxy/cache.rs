@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use tokio::sync::oneshot;
 
@@ -32,11 +33,40 @@ use crate::cache::policy::{self, unix, Forward, Use};
 use crate::cache::status::{CacheResult, CacheStatus};
 use crate::error::ProxyError;
 use crate::limit::InflightSlot;
-use crate::proxy::exchange::{ConnCtx, Exchange};
+use crate::proxy::exchange::{Client, ConnCtx, Exchange};
 use crate::proxy::fill::{self, FillJob, Got};
 use crate::proxy::forward::{self, Fetched, Outgoing};
 use crate::proxy::route::Routed;
 use crate::state::{RouteCache, Snapshot};
+
+/// A request not yet prepared for a backend: a hit never pays for the upstream head.
+pub struct ClientRequest {
+    /// The client's request head.
+    pub parts: Parts,
+    /// Its body, if it has one.
+    pub body: Option<hyper::body::Incoming>,
+}
+
+impl ClientRequest {
+    async fn prepare(
+        self,
+        snap: &Snapshot,
+        routed: &Routed,
+        client: Client,
+        x: &Exchange,
+    ) -> Result<Outgoing, ProxyError> {
+        forward::prepare(
+            snap,
+            routed,
+            self.parts,
+            self.body,
+            client,
+            &x.request_id,
+            x.start,
+        )
+        .await
+    }
+}
 
 /// Answers a request on a caching route.
 pub async fn serve(
@@ -44,20 +74,23 @@ pub async fn serve(
     snap: &Arc<Snapshot>,
     rc: &RouteCache,
     routed: &Routed,
-    out: Outgoing,
+    req: ClientRequest,
     inflight: InflightSlot,
     x: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cache = &ctx.services.cache;
+    let client = ctx.conn.client();
     let host = routed.host.as_ref().map(HeaderValue::as_bytes);
-    let url = key::primary(out.client.tls, host, out.path.as_str());
-    let method = out.head.method.clone();
-    let tls = out.client.tls;
+    let path = req.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = key::primary(client.tls, host, path);
+    let method = req.parts.method.clone();
+    let tls = client.tls;
 
     if method != Method::GET && method != Method::HEAD {
         rc.count(CacheResult::Bypass);
         x.cache = Some(CacheStatus::fwd("method"));
         let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE);
+        let out = req.prepare(snap, routed, client, x).await?;
         let resp = direct(snap, routed.pool, out, inflight, x).await?;
         let s = resp.status();
         if unsafe_method && (s.is_success() || s.is_redirection()) {
@@ -67,15 +100,16 @@ pub async fn serve(
         return Ok(resp);
     }
 
-    let req_cc = Directives::parse(&out.head.headers, &header::CACHE_CONTROL);
+    let req_cc = Directives::parse(&req.parts.headers, &header::CACHE_CONTROL);
     if req_cc.no_store {
         rc.count(CacheResult::Bypass);
         x.cache = Some(CacheStatus::fwd("bypass"));
+        let out = req.prepare(snap, routed, client, x).await?;
         return direct(snap, routed.pool, out, inflight, x).await;
     }
 
     let now = unix(SystemTime::now());
-    let (stale, why) = match cache.lookup(&url, &out.head.headers).await {
+    let (stale, why) = match cache.lookup(&url, &req.parts.headers).await {
         Lookup::Found(e) => {
             let f = &e.head.freshness;
             match policy::decide(f, &req_cc, now, rc.cfg.stale_while_revalidate) {
@@ -83,7 +117,7 @@ pub async fn serve(
                     rc.count(CacheResult::Hit);
                     x.cache = Some(CacheStatus::hit(f.ttl(now)));
                     x.via = true;
-                    return Ok(from_entry(&e, &out.head.headers, now));
+                    return Ok(from_entry(&e, &req.parts.headers, now));
                 }
                 Use::StaleWhileRevalidate => {
                     rc.count(CacheResult::Stale);
@@ -94,8 +128,11 @@ pub async fn serve(
                         ..CacheStatus::default()
                     });
                     x.via = true;
-                    let resp = from_entry(&e, &out.head.headers, now);
-                    revalidate_in_background(ctx, snap, rc, routed.pool, out, e, url);
+                    let resp = from_entry(&e, &req.parts.headers, now);
+                    // A revalidation that cannot be prepared leaves the stale answer as it is.
+                    if let Ok(out) = req.prepare(snap, routed, client, x).await {
+                        revalidate_in_background(ctx, snap, rc, routed.pool, out, e, url);
+                    }
                     return Ok(resp);
                 }
                 Use::Forward(Forward::Stale) => (Some(e), "stale"),
@@ -113,7 +150,9 @@ pub async fn serve(
         });
         return Err(ProxyError::NotCached);
     }
-    if stale.is_none() && out.head.headers.contains_key(header::RANGE) {
+    let range = req.parts.headers.contains_key(header::RANGE);
+    let out = req.prepare(snap, routed, client, x).await?;
+    if stale.is_none() && range {
         // A part is not stored; the whole is stored by the next request without a range.
         rc.count(CacheResult::Bypass);
         x.cache = Some(CacheStatus::fwd(why));

@@ -6,8 +6,8 @@ use http::header;
 use http::Response;
 
 use crate::body::ProxyBody;
-use crate::headers::{VIA_VALUE, X_REQUEST_ID};
 use crate::cache::status::CACHE_STATUS;
+use crate::headers::{VIA_VALUE, X_REQUEST_ID};
 use crate::proxy::exchange::Exchange;
 
 /// Adds the per-request headers of `x` to `resp`.

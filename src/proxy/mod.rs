@@ -5,10 +5,11 @@
 //! 2. snapshot: one `load_full` per request; the request keeps it to the end
 //! 3. [`route::find`]: host + path prefix + headers -> route (404 when none)
 //! 4. [`limit::rate`]: the route's token bucket (429 with `RateLimit-*` headers)
-//! 5. [`forward::prepare`]: declared body size (413), a replay copy when the pool retries, and
+//! 5. [`cache::serve`] on caching routes: lookup, fresh and stale hits (answered here, before
+//!    any upstream work), coalesced fills ([`fill::run`] on its own task); on a miss it goes
+//!    through 6 and 7 itself
+//! 6. [`forward::prepare`]: declared body size (413), a replay copy when the pool retries, and
 //!    the upstream head (hop-by-hop headers out, `X-Forwarded-*` and `Via` in)
-//! 6. [`cache::serve`] on caching routes: lookup, fresh and stale hits, coalesced fills
-//!    ([`fill::run`] on its own task); it fetches through 7 itself on a miss
 //! 7. [`forward::fetch`]: select + admit ([`admit::admit`]: strategy, slot, breaker permit,
 //!    wait queue) -> send -> record ([`record::outcome`]: breaker, metrics); a retryable
 //!    outcome goes round again on another backend
@@ -69,7 +70,10 @@ pub async fn handle_parts(
     };
     // Every response of a caching route says what the cache did, also when a stage before
     // the cache answered (a rate limit, a body too large).
-    let caching = x.route.and_then(|i| snap.route_cache.get(i)).is_some_and(Option::is_some);
+    let caching = x
+        .route
+        .and_then(|i| snap.route_cache.get(i))
+        .is_some_and(Option::is_some);
     if caching && x.cache.is_none() {
         x.cache = Some(CacheStatus {
             detail: x.error,
@@ -95,10 +99,11 @@ async fn pipeline(
     route::supported(&parts)?;
     let client = ctx.conn.client();
     limit::rate(snap, &routed, client.ip, &parts.headers, x)?;
-    let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;
     if let Some(rc) = snap.route_cache.get(routed.index).and_then(Option::as_ref) {
-        return cache::serve(ctx, snap, rc, &routed, out, inflight, x).await;
+        let req = cache::ClientRequest { parts, body };
+        return cache::serve(ctx, snap, rc, &routed, req, inflight, x).await;
     }
+    let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;
     let fetched = forward::fetch(snap, routed.pool, out, &mut x.tried).await?;
     x.via = true;
     x.set_cookie = fetched.set_cookie;
