@@ -14,25 +14,19 @@ use std::path::Path;
 
 mod support;
 
-use support::load::{env_u64, load, print_table, run_load, start_external, Measured};
+use support::load::{
+    env_u64, nginx_args, nginx_conf, print_table, run_load, start_external, Measured,
+};
 use support::{free_port, spawn_backend_with, spawn_sandgate_on, BODY};
 
 const PROXY_CPU: Option<usize> = Some(0);
 const SIDE_CPU: Option<usize> = Some(1);
 
 fn main() {
-    let load_role = |role: &str| {
-        role == "load" && {
-            load();
-            true
-        }
-    };
-    if support::run_role(&load_role) {
-        return;
-    }
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
+    support::main_with_load(orchestrate);
+}
+
+fn orchestrate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_origin, origin) = spawn_backend_with(
         &[(
@@ -57,27 +51,18 @@ fn main() {
     );
     let sg = spawn_sandgate_on(dir.path(), &sg_yaml, sg_port, PROXY_CPU);
 
-    std::fs::create_dir_all(dir.path().join("logs")).ok();
     std::fs::create_dir_all(dir.path().join("cache")).ok();
-    let d = dir.path().display();
+    let d = dir.path().display().to_string();
     let nginx_conf = |port: u16| {
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log stderr error;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  \
-             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
-             proxy_cache_path {d}/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=60m use_temp_path=off;\n  \
-             upstream b {{ server 127.0.0.1:{origin}; keepalive 64; }}\n  \
-             server {{ listen 127.0.0.1:{port}; location / {{ proxy_cache c; proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n"
+        nginx_conf(
+            dir.path(),
+            port,
+            &format!("proxy_cache_path {d}/cache levels=1:2 keys_zone=c:10m max_size=100m inactive=60m use_temp_path=off;"),
+            &format!("server 127.0.0.1:{origin}; keepalive 64;"),
+            "proxy_cache c;",
         )
     };
-    let nginx_args = |conf: &Path| {
-        vec![
-            "-p".into(),
-            dir.path().display().to_string(),
-            "-c".into(),
-            conf.display().to_string(),
-        ]
-    };
+    let nginx_args = |conf: &Path| nginx_args(dir.path(), conf);
     let nginx = start_external(
         "nginx",
         "nginx.conf",

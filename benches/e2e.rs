@@ -13,23 +13,13 @@ use std::path::Path;
 
 mod support;
 
-use support::load::{env_u64, load, print_table, run_load, start_external, Measured};
+use support::load::{
+    env_u64, nginx_args, nginx_conf, print_table, run_load, start_external, Measured,
+};
 use support::{free_port, spawn_backend, spawn_sandgate, BODY};
 
 fn main() {
-    let load_role = |role: &str| {
-        role == "load" && {
-            load();
-            true
-        }
-    };
-    if support::run_role(&load_role) {
-        return;
-    }
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo bench -- --list` / test harness probing
-    }
-    orchestrate();
+    support::main_with_load(orchestrate);
 }
 
 /// Measures an installed proxy, if it starts.
@@ -73,27 +63,20 @@ fn orchestrate() {
     results.push(run_load("sandgate", sg_port, "/bench", &[sg.0.id()], None));
     drop(sg);
 
-    // nginx (its prefix directory needs logs/)
-    std::fs::create_dir_all(dir.path().join("logs")).ok();
-    let d = dir.path().display();
+    // nginx
     let nginx_conf = |port: u16| {
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log stderr error;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  \
-             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
-             upstream b {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; keepalive_requests 100000000; }}\n  \
-             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
-            ports[0], ports[1]
+        nginx_conf(
+            dir.path(),
+            port,
+            "",
+            &format!(
+                "server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; keepalive_requests 100000000;",
+                ports[0], ports[1]
+            ),
+            "",
         )
     };
-    let nginx_args = |conf: &Path| {
-        vec![
-            "-p".into(),
-            dir.path().display().to_string(),
-            "-c".into(),
-            conf.display().to_string(),
-        ]
-    };
+    let nginx_args = |conf: &Path| nginx_args(dir.path(), conf);
     results.extend(external(
         "nginx",
         "nginx.conf",

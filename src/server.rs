@@ -34,17 +34,8 @@ pub async fn serve(
 ) {
     let open = metrics::gauge!(CONNECTIONS_OPEN, "listener" => name.to_string());
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Typically EMFILE/ENFILE: back off briefly instead of spinning.
-                    tracing::warn!(listener = &*name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = accept(&listener, &shutdown, &name).await else {
+            break;
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
@@ -78,6 +69,27 @@ pub async fn serve(
     // Close the socket before saying so: new connections are refused from here on.
     drop(listener);
     tracing::info!(listener = &*name, "stopped accepting connections");
+}
+
+/// The next connection on `listener`, or None once `shutdown` fires. Accept errors (typically
+/// EMFILE/ENFILE) are logged and retried after a short pause instead of spinning.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    name: &str,
+) -> Option<(TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 /// Counts an open connection for as long as it lives.

@@ -252,3 +252,27 @@ pub fn print_table(results: &[Measured]) {
         );
     }
 }
+
+/// A config for one nginx worker in the foreground, writing under `dir` (which gets `logs/`):
+/// `http` goes in the http block, `upstream` in `upstream b`, `location` in `location /`.
+pub fn nginx_conf(dir: &Path, port: u16, http: &str, upstream: &str, location: &str) -> String {
+    std::fs::create_dir_all(dir.join("logs")).ok();
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log stderr error;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  \
+         client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
+         {http}\n  upstream b {{ {upstream} }}\n  \
+         server {{ listen 127.0.0.1:{port}; location / {{ {location} proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n"
+    )
+}
+
+/// nginx's command line for a config written by [`nginx_conf`] under `dir`.
+pub fn nginx_args(dir: &Path, conf: &Path) -> Vec<String> {
+    vec![
+        "-p".into(),
+        dir.display().to_string(),
+        "-c".into(),
+        conf.display().to_string(),
+    ]
+}

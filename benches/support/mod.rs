@@ -35,6 +35,24 @@ pub fn current_thread() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The `main` of a load benchmark: runs the role this process was started as (a backend or
+/// the load generator), or else `orchestrate`.
+pub fn main_with_load(orchestrate: impl FnOnce()) {
+    let load_role = |role: &str| {
+        role == "load" && {
+            load::load();
+            true
+        }
+    };
+    if run_role(&load_role) {
+        return;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` / test harness probing
+    }
+    orchestrate();
+}
+
 /// If this process was started as a role, runs it and returns true.
 pub fn run_role(extra: &dyn Fn(&str) -> bool) -> bool {
     match std::env::var("SANDGATE_BENCH_ROLE").as_deref() {

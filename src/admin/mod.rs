@@ -71,16 +71,9 @@ impl Admin {
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = crate::server::accept(&listener, &shutdown, "admin").await
+        else {
+            break;
         };
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {

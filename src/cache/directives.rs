@@ -259,27 +259,20 @@ impl Directives {
                 _ => None,
             };
             let flag = matches!(item.bare_item, sfv::BareItem::Boolean(true));
+            let delta = match key.as_str() {
+                "max-age" => Some(&mut d.max_age),
+                "s-maxage" => Some(&mut d.s_maxage),
+                "stale-while-revalidate" => Some(&mut d.stale_while_revalidate),
+                "stale-if-error" => Some(&mut d.stale_if_error),
+                _ => None,
+            };
+            if let Some(dir) = delta {
+                if let Some(s) = secs {
+                    *dir = Dir::Secs(s.min(DELTA_MAX));
+                }
+                continue;
+            }
             match key.as_str() {
-                "max-age" => {
-                    if let Some(s) = secs {
-                        d.max_age = Dir::Secs(s.min(DELTA_MAX));
-                    }
-                }
-                "s-maxage" => {
-                    if let Some(s) = secs {
-                        d.s_maxage = Dir::Secs(s.min(DELTA_MAX));
-                    }
-                }
-                "stale-while-revalidate" => {
-                    if let Some(s) = secs {
-                        d.stale_while_revalidate = Dir::Secs(s.min(DELTA_MAX));
-                    }
-                }
-                "stale-if-error" => {
-                    if let Some(s) = secs {
-                        d.stale_if_error = Dir::Secs(s.min(DELTA_MAX));
-                    }
-                }
                 "no-store" => d.no_store |= flag,
                 // Field-name arguments are not carried by CDN-Cache-Control: any value means
                 // the whole response.

@@ -25,14 +25,14 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use metrics::Counter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::CacheConfig;
 use crate::metrics::{CACHE_PURGES_TOTAL, CACHE_STORE_TOTAL};
 use entry::Entry;
 use fill::{Fills, Join, Leader};
 use memory::{Lookup, MemoryStore};
-use redis::{Invalidation, RedisTier};
+use redis::RedisTier;
 
 /// How long a URL whose response could not be stored skips coalescing.
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
@@ -50,8 +50,8 @@ pub enum StoreResult {
     Aborted,
 }
 
-/// A purge request (`POST /admin/cache/purge`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What to purge: the body of `POST /admin/cache/purge`, and of invalidation messages.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Purge {
     /// Absolute URLs: every variant of each.
@@ -95,7 +95,7 @@ impl Cache {
                 let started = RedisTier::start(r, move |inv| {
                     if let Some(c) = weak.upgrade() {
                         c.purges[4].increment(1);
-                        c.apply(&inv);
+                        c.apply(&inv.what);
                     }
                 });
                 started.map_err(|e| failed = Some(e)).ok()
@@ -187,7 +187,7 @@ impl Cache {
     }
 
     /// Drops from memory what `inv` names; returns the responses removed.
-    fn apply(&self, inv: &Invalidation) -> usize {
+    fn apply(&self, inv: &Purge) -> usize {
         if inv.all {
             return self.memory.clear();
         }
@@ -206,13 +206,6 @@ impl Cache {
     /// Purges from every tier and every instance sharing Redis; returns the responses removed
     /// from memory here.
     pub async fn purge(&self, p: &Purge) -> usize {
-        let inv = Invalidation {
-            from: String::new(),
-            urls: p.urls.clone(),
-            prefixes: p.prefixes.clone(),
-            tags: p.tags.clone(),
-            all: p.all,
-        };
         for (i, n) in [
             p.urls.len(),
             p.prefixes.len(),
@@ -224,9 +217,9 @@ impl Cache {
         {
             self.purges[i].increment(n as u64);
         }
-        let n = self.apply(&inv);
+        let n = self.apply(p);
         if let Some(r) = &self.redis {
-            r.purge(&inv).await;
+            r.purge(p).await;
         }
         n
     }
@@ -234,9 +227,9 @@ impl Cache {
     /// Invalidates `urls` after an unsafe request succeeded: memory at once, Redis and the
     /// other instances in the background.
     pub fn invalidate(&self, urls: Vec<String>, tasks: &tokio_util::task::TaskTracker) {
-        let inv = Invalidation {
+        let inv = Purge {
             urls,
-            ..Invalidation::default()
+            ..Purge::default()
         };
         self.purges[4].increment(inv.urls.len() as u64);
         self.apply(&inv);

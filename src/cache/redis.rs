@@ -25,6 +25,7 @@ use tokio_stream::StreamExt;
 
 use super::entry::Entry;
 use super::key::{self, Selecting};
+use super::Purge;
 use crate::config::RedisConfig;
 use crate::metrics::{CACHE_REDIS_DROPPED_TOTAL, CACHE_REDIS_ERRORS_TOTAL};
 
@@ -35,23 +36,13 @@ const WRITE_QUEUE: usize = 1024;
 const KEEP_FOR_REVALIDATION: u64 = 86_400;
 
 /// A purge or invalidation, as published to every instance.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Invalidation {
     /// The instance that published it (it applied it already).
     #[serde(default)]
     pub from: String,
-    /// Absolute URLs: every variant.
-    #[serde(default)]
-    pub urls: Vec<String>,
-    /// Absolute URL prefixes.
-    #[serde(default)]
-    pub prefixes: Vec<String>,
-    /// Purge tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Everything.
-    #[serde(default)]
-    pub all: bool,
+    /// What to drop.
+    pub what: Purge,
 }
 
 /// Redis operations, for `sandgate_cache_redis_errors_total{op}`.
@@ -309,7 +300,7 @@ impl RedisTier {
 
     /// Deletes what `inv` names from Redis and publishes it to every instance. Returns the
     /// Redis keys deleted.
-    pub async fn purge(&self, inv: &Invalidation) -> u64 {
+    pub async fn purge(&self, inv: &Purge) -> u64 {
         let limit = self.cfg.timeout.max(Duration::from_secs(1));
         let mut conn = self.conn.clone();
         let mut keys: Vec<String> = inv.urls.iter().map(|u| self.obj_key(u)).collect();
@@ -371,7 +362,7 @@ impl RedisTier {
         }
         let msg = Invalidation {
             from: self.instance.clone(),
-            ..inv.clone()
+            what: inv.clone(),
         };
         if let Ok(text) = serde_json::to_string(&msg) {
             self.call::<u64>(
