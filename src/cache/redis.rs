@@ -10,9 +10,9 @@
 //! as a miss when it fails; fills are written from a bounded queue (a full queue drops the
 //! write); the state change is logged once; the connection manager reconnects by itself.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderMap;
@@ -29,6 +29,9 @@ use super::Purge;
 use crate::config::RedisConfig;
 use crate::metrics::{CACHE_REDIS_DROPPED_TOTAL, CACHE_REDIS_ERRORS_TOTAL};
 
+/// While Redis is down, how often a lookup still tries it (the others count as misses at
+/// once, so a dead or hanging Redis costs requests nothing).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Writes waiting for Redis; more are dropped (and counted).
 const WRITE_QUEUE: usize = 1024;
 /// How long a stored response with validators outlives its freshness in Redis, so it can
@@ -76,6 +79,10 @@ pub struct RedisTier {
     /// This process, in published messages.
     instance: String,
     up: AtomicBool,
+    /// While Redis is down, lookups probe it at most once per [`PROBE_EVERY`]: the time of
+    /// the next probe, in milliseconds since `born`.
+    next_probe: AtomicU64,
+    born: Instant,
     errors: [Counter; 5],
     dropped: Counter,
 }
@@ -134,6 +141,8 @@ impl RedisTier {
             writes: tx,
             instance: format!("{:016x}", fastrand::u64(..)),
             up: AtomicBool::new(true),
+            next_probe: AtomicU64::new(0),
+            born: Instant::now(),
             errors: [
                 op(Op::Get),
                 op(Op::Set),
@@ -196,8 +205,31 @@ impl RedisTier {
         }
     }
 
+    /// Whether a lookup should try Redis now: always while it is up; once per
+    /// [`PROBE_EVERY`] while it is down.
+    fn worth_trying(&self) -> bool {
+        if self.up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_probe.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_probe
+                .compare_exchange(
+                    next,
+                    now + PROBE_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     /// The variant of `url` that matches the request's headers, if Redis has one.
     pub async fn get(&self, url: &str, req: &HeaderMap) -> Option<Entry> {
+        if !self.worth_trying() {
+            return None;
+        }
         let key = self.obj_key(url);
         let mut conn = self.conn.clone();
         let (vary, plain): (Option<String>, Option<Vec<u8>>) = self
