@@ -236,8 +236,9 @@ impl Directives {
     }
 
     /// Parses `CDN-Cache-Control` (a Structured Field Dictionary); None when the field is
-    /// absent or is not a valid Dictionary, in which case it is ignored (RFC 9213 section 2.1).
-    /// A member of the wrong type is ignored.
+    /// absent, is not a valid Dictionary, or gives a delta directive (`max-age`...) a value
+    /// that is not a non-negative integer; the field is then ignored (RFC 9213 section 2.1).
+    /// Unknown members are ignored.
     pub fn parse_cdn(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
         let mut lines = headers.get_all(name).iter().peekable();
         lines.peek()?;
@@ -267,9 +268,9 @@ impl Directives {
                 _ => None,
             };
             if let Some(dir) = delta {
-                if let Some(s) = secs {
-                    *dir = Dir::Secs(s.min(DELTA_MAX));
-                }
+                // A delta directive that is not a non-negative integer makes the field
+                // invalid: it is ignored and Cache-Control applies (the safe reading).
+                *dir = Dir::Secs(secs?.min(DELTA_MAX));
                 continue;
             }
             match key.as_str() {
@@ -368,8 +369,9 @@ mod tests {
         assert_eq!(d.max_age, Dir::Secs(3600));
         assert!(cdn("no-store").unwrap().no_store);
         assert!(matches!(cdn("private").unwrap().private, Fields::All));
-        // The wrong type is ignored; an invalid dictionary ignores the whole field.
-        assert_eq!(cdn("max-age=\"10000\"").unwrap().max_age, Dir::Absent);
+        // A wrong type or an invalid dictionary ignores the whole field.
+        assert!(cdn("max-age=\"10000\"").is_none());
+        assert!(cdn("max-age=-1").is_none());
         assert!(cdn("max-age=10000, &&&&&").is_none());
         assert!(Directives::parse_cdn(&HeaderMap::new(), &HeaderName::from_static("x")).is_none());
     }

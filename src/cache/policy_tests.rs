@@ -265,7 +265,18 @@ fn cdn_cache_control_then_surrogate_control_take_precedence() {
         ),
         Err(NotStored::Private)
     );
-    // An invalid Structured Field is ignored, so Cache-Control applies.
+    // An invalid Structured Field, or a wrong type, is ignored, so Cache-Control applies.
+    assert_eq!(
+        store(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=\"100\""),
+                ("cache-control", "no-store"),
+                ("etag", "\"v\"")
+            ]
+        ),
+        Err(NotStored::NoStore)
+    );
     assert_eq!(
         store(
             200,
