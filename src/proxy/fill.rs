@@ -22,6 +22,7 @@ use crate::cache::status::CACHE_STATUS;
 use crate::cache::{conditional, key, Cache, StoreResult};
 use crate::config::RouteCacheConfig;
 use crate::error::ProxyError;
+use crate::headers::X_REQUEST_ID;
 use crate::proxy::exchange::Tried;
 use crate::proxy::forward::{self, Fetched, Outgoing};
 use crate::state::Snapshot;
@@ -89,12 +90,13 @@ fn stale_window(route: &RouteCacheConfig, e: &Entry) -> u64 {
         .max(f.stale_if_error.unwrap_or(route.stale_if_error.as_secs()))
 }
 
-/// The stored headers of a response: without `Age` (recomputed on use), without the
-/// backend's `Cache-Status` (true of that fetch only), and without the fields its directives
-/// keep out of shared caches.
+/// The stored headers of a response: without `Age` (recomputed on use), without what is true
+/// of that one fetch only (the backend's `Cache-Status`, an echoed `X-Request-Id`), and
+/// without the fields its directives keep out of shared caches.
 fn stored_headers(mut h: HeaderMap, omit: &[header::HeaderName]) -> HeaderMap {
     h.remove(header::AGE);
     h.remove(&CACHE_STATUS);
+    h.remove(&X_REQUEST_ID);
     for n in omit {
         h.remove(n);
     }
