@@ -48,6 +48,12 @@ pub enum ProxyError {
     /// `Cache-Control: only-if-cached` and nothing usable is stored.
     #[error("nothing usable is stored for this request (only-if-cached)")]
     NotCached,
+    /// The client was too slow: its request head or body stalled past the limit.
+    #[error("request timeout: {0}")]
+    ClientTimeout(&'static str),
+    /// The client went away before its request was done.
+    #[error("the client closed the connection")]
+    ClientAbort,
 }
 
 impl ProxyError {
@@ -65,6 +71,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect(_) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // nginx's convention for a request its client abandoned; only the log sees it.
+            ProxyError::ClientAbort => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -84,6 +93,8 @@ impl ProxyError {
             ProxyError::QueueTimeout(_) => "queue_timeout",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::NotCached => "not_cached",
+            ProxyError::ClientTimeout(_) => "request_timeout",
+            ProxyError::ClientAbort => "client_abort",
         }
     }
 
@@ -111,11 +122,35 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told: the stable meaning of the error, without backend addresses,
+    /// pool names or library errors (those go to the log, from `Display`).
+    pub fn public_message(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ProxyError::NoRoute => "no route matches this request".into(),
+            ProxyError::NoBackend(_) => "no backend can take this request now".into(),
+            ProxyError::BodyTooLarge(n) => format!("request body larger than {n} bytes").into(),
+            ProxyError::HeadersTooLarge(n) => {
+                format!("request headers larger than {n} bytes").into()
+            }
+            ProxyError::BadRequest(why) => format!("bad request: {why}").into(),
+            ProxyError::Connect(_) => "the backend could not be reached".into(),
+            ProxyError::Timeout(_) => "the backend did not answer in time".into(),
+            ProxyError::Upstream(..) => "the backend failed to answer".into(),
+            ProxyError::RateLimited => "rate limit exceeded".into(),
+            ProxyError::QueueFull(_) => "every backend is busy and the wait queue is full".into(),
+            ProxyError::QueueTimeout(_) => "no backend became free in time".into(),
+            ProxyError::Overloaded(why) => format!("overloaded: {why}").into(),
+            ProxyError::NotCached | ProxyError::ClientTimeout(_) | ProxyError::ClientAbort => {
+                self.to_string().into()
+            }
+        }
+    }
+
     /// Status, headers and JSON body for the client.
     pub fn response(&self, request_id: &HeaderValue) -> Response<Bytes> {
         let body = serde_json::json!({
             "error": self.code(),
-            "message": self.to_string(),
+            "message": self.public_message(),
             "status": self.status().as_u16(),
             "request_id": request_id.to_str().unwrap_or(""),
         });
@@ -130,6 +165,40 @@ impl ProxyError {
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.closes() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
+    }
+
+    /// Whether the client connection is closed after this answer (the client is too slow to
+    /// keep, or its request cannot be framed any more).
+    pub fn closes(&self) -> bool {
+        matches!(self, ProxyError::ClientTimeout(_) | ProxyError::ClientAbort)
+    }
+
+    /// The whole answer as HTTP/1.1 bytes with `Connection: close`, for a connection that
+    /// sandgate answers itself outside of hyper (shed connections, stalled request heads).
+    pub fn raw_http1(&self, request_id: &HeaderValue) -> Vec<u8> {
+        let resp = self.response(request_id);
+        let mut out = format!("HTTP/1.1 {}\r\n", resp.status()).into_bytes();
+        for (name, value) in resp.headers() {
+            if name == header::CONNECTION {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(
+            format!(
+                "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                resp.body().len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(resp.body());
+        out
     }
 }

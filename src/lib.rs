@@ -30,6 +30,7 @@ pub mod body;
 pub mod breaker;
 pub mod cache;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod error;
 pub mod headers;

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::{self, ConnState, Graceful, TimedIo, Tracked};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::limit::{ConnSlot, Shedder};
@@ -105,25 +106,8 @@ impl Drop for OpenGuard {
 /// `Connection: close` (without reading the request), a TLS one just closes.
 async fn refuse(mut stream: TcpStream, tls: bool) {
     if !tls {
-        // The answer comes from error.rs like every other error; only its framing is written
-        // here, since no HTTP connection is served.
-        let resp =
-            ProxyError::Overloaded("too many connections").response(&headers::new_request_id());
-        let mut out = format!("HTTP/1.1 {}\r\n", resp.status()).into_bytes();
-        for (name, value) in resp.headers() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(
-            format!(
-                "Content-Length: {}\r\nConnection: close\r\n\r\n",
-                resp.body().len()
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(resp.body());
+        let out =
+            ProxyError::Overloaded("too many connections").raw_http1(&headers::new_request_id());
         // Best effort: the client may already be gone.
         let write = async {
             stream.write_all(&out).await?;
@@ -148,18 +132,32 @@ async fn connection(
 ) {
     open.increment(1.0);
     let _open = OpenGuard(open);
-    let http = Arc::clone(&snap.http);
+    let state = ConnState::new();
+    let timers = conn::Timers {
+        header_read: snap.limits.header_read_timeout,
+        keepalive: snap.limits.keepalive_timeout,
+        send: snap.limits.send_timeout,
+    };
     let tls = snap
         .listener(&ctx.conn.listener)
         .and_then(|l| l.tls.clone());
-    let handshake_timeout = snap.limits.header_read_timeout;
+    let (http, http2) = (Arc::clone(&snap.http), Arc::clone(&snap.http2));
     drop(snap);
     match tls {
-        None => serve_http(stream, ctx, &http, shutdown).await,
+        None => {
+            let io = TimedIo::new(stream, Arc::clone(&state), timers, false);
+            serve_http(io, ctx, &http, state, timers, shutdown).await
+        }
         Some(acceptor) => {
             ctx.conn.tls = true;
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(tls_stream, ctx, &http, shutdown).await,
+            match tokio::time::timeout(timers.header_read, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    // ALPN chose HTTP/2: serve HTTP/2 only, so a bad preface gets a GOAWAY.
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = TimedIo::new(tls_stream, Arc::clone(&state), timers, h2);
+                    let builder = if h2 { &http2 } else { &http };
+                    serve_http(io, ctx, builder, state, timers, shutdown).await
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %ctx.conn.peer, error = %e, "TLS handshake failed")
                 }
@@ -169,31 +167,46 @@ async fn connection(
     }
 }
 
+impl<I, S, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    Self: std::future::Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 async fn serve_http<S>(
     stream: S,
     ctx: ConnCtx,
     http: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    state: Arc<ConnState>,
+    timers: conn::Timers,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = ctx.conn.peer;
     let ctx = Arc::new(ctx);
+    let st = Arc::clone(&state);
     let svc = service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
-        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req).await) }
+        let inflight = st.request();
+        async move {
+            let resp = proxy::handle(&ctx, req).await;
+            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, inflight)))
+        }
     });
     let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            // Finish the requests in flight, then close; idle connections close at once.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
+    if let Err(e) = conn::watch(conn, &state, timers.keepalive, &shutdown).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -140,6 +140,8 @@ pub struct Snapshot {
     pub limits: LimitsConfig,
     /// HTTP/1 + HTTP/2 connection settings derived from `limits`.
     pub http: Arc<auto::Builder<TokioExecutor>>,
+    /// The same, HTTP/2 only (TLS connections whose ALPN chose `h2`).
+    pub http2: Arc<auto::Builder<TokioExecutor>>,
     /// Listeners.
     pub listeners: Vec<ListenerEntry>,
     /// Runtime settings (read at start-up; changes need a restart).
@@ -156,9 +158,11 @@ pub struct Snapshot {
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // The head and idle timers are sandgate's own (`conn`): hyper's header timer would also
+    // cut keep-alive connections waiting for their next request.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes);
     b.http2()
         .timer(TokioTimer::new())
@@ -312,6 +316,7 @@ impl Snapshot {
             pools,
             limits: cfg.limits.clone(),
             http: Arc::new(http_builder(&cfg.limits)),
+            http2: Arc::new(http_builder(&cfg.limits).http2_only()),
             listeners,
             runtime: RuntimeConfig {
                 // Threads are fixed when the runtime starts; the grace period applies live.

@@ -34,11 +34,16 @@ async fn two_instances_share_stored_responses_and_purges() {
 
     let first = get_with(&on(&a, "/obj"), &[("host", host)]).await;
     assert_eq!(cache_status(&first), "sandgate; fwd=uri-miss; stored");
-    // The write to Redis is queued in the background: B finds it once it lands.
-    wait_until_async(|| async {
-        cache_status(&get_with(&on(&bb, "/obj"), &[("host", host)]).await).contains("hit")
-    })
-    .await;
+    // The write to Redis is queued in the background: wait until it lands.
+    let key = format!("sgtest:obj:http://{host}/obj");
+    wait_until(|| redis.exists(&key)).await;
+    let on_b = get_with(&on(&bb, "/obj"), &[("host", host)]).await;
+    assert!(
+        cache_status(&on_b).starts_with("sandgate; hit"),
+        "{}",
+        cache_status(&on_b)
+    );
+    assert_eq!(on_b.text(), "shared");
     assert_eq!(b.hits(), 1, "B hit what A stored");
 
     // A purge on A reaches B through the invalidation channel, within a second.

@@ -82,6 +82,8 @@ pub struct RedisTier {
     /// While Redis is down, lookups probe it at most once per [`PROBE_EVERY`]: the time of
     /// the next probe, in milliseconds since `born`.
     next_probe: AtomicU64,
+    /// When the last call failed, in milliseconds since `born`.
+    last_failure: AtomicU64,
     born: Instant,
     errors: [Counter; 5],
     dropped: Counter,
@@ -142,6 +144,7 @@ impl RedisTier {
             instance: format!("{:016x}", fastrand::u64(..)),
             up: AtomicBool::new(true),
             next_probe: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
             born: Instant::now(),
             errors: [
                 op(Op::Get),
@@ -169,13 +172,23 @@ impl RedisTier {
         format!("{}:invalidate", self.cfg.key_prefix)
     }
 
-    fn ok(&self) {
-        if !self.up.swap(true, Ordering::Relaxed) {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A call that started at `started` (ms after `born`) succeeded. Only a call that started
+    /// after the last failure says Redis is back: one that was already on its way when Redis
+    /// died proves nothing, and would make the state flap.
+    fn ok(&self, started: u64) {
+        if started >= self.last_failure.load(Ordering::Relaxed)
+            && !self.up.swap(true, Ordering::Relaxed)
+        {
             tracing::info!(url = %self.cfg.url, "redis available again");
         }
     }
 
     fn failed(&self, op: Op, err: &str) {
+        self.last_failure.store(self.now_ms(), Ordering::Relaxed);
         self.errors[op as usize].increment(1);
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(url = %self.cfg.url, op = op.label(), error = err, "redis unavailable; the cache serves from memory and backends");
@@ -189,9 +202,10 @@ impl RedisTier {
         limit: Duration,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
+        let started = self.now_ms();
         match tokio::time::timeout(limit, f).await {
             Ok(Ok(v)) => {
-                self.ok();
+                self.ok(started);
                 Some(v)
             }
             Ok(Err(e)) => {
@@ -415,6 +429,7 @@ impl RedisTier {
     async fn subscriber(self: Arc<Self>, apply: impl Fn(Invalidation) + Send + Sync + 'static) {
         let channel = self.channel();
         loop {
+            let started = self.now_ms();
             let connected = tokio::time::timeout(
                 self.cfg.timeout.max(Duration::from_secs(1)),
                 self.client.get_async_pubsub(),
@@ -423,7 +438,7 @@ impl RedisTier {
             match connected {
                 Ok(Ok(mut ps)) => match ps.subscribe(&channel).await {
                     Ok(()) => {
-                        self.ok();
+                        self.ok(started);
                         let mut stream = ps.on_message();
                         while let Some(msg) = stream.next().await {
                             match serde_json::from_slice::<Invalidation>(msg.get_payload_bytes()) {

@@ -119,6 +119,12 @@ pub struct RuntimeConfig {
 pub struct LimitsConfig {
     /// Time allowed for a client's request head.
     pub header_read_timeout: Duration,
+    /// Longest idle time of a client connection between requests.
+    pub keepalive_timeout: Duration,
+    /// Longest gap between two pieces of a request body.
+    pub body_read_timeout: Duration,
+    /// Longest time a client may take nothing of its response.
+    pub send_timeout: Duration,
     /// Largest request body in bytes.
     pub max_request_body: u64,
     /// Largest request head in bytes.

@@ -147,6 +147,15 @@ pub struct RawLimits {
     /// Time a client has to send its whole request head.
     #[serde(default)]
     pub header_read_timeout: Option<String>,
+    /// How long an idle keep-alive connection waits for its next request.
+    #[serde(default)]
+    pub keepalive_timeout: Option<String>,
+    /// The longest gap between two pieces of a request body.
+    #[serde(default)]
+    pub body_read_timeout: Option<String>,
+    /// How long a client may take nothing of its response before it is cut.
+    #[serde(default)]
+    pub send_timeout: Option<String>,
     /// Largest request body accepted (413 beyond).
     #[serde(default)]
     pub max_request_body: Option<String>,

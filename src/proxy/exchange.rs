@@ -79,6 +79,8 @@ pub struct Exchange {
     pub tried: Tried,
     /// Error code when sandgate answered instead of a backend.
     pub error: Option<&'static str>,
+    /// The error in full (backend, pool, cause), for the log only.
+    pub error_detail: Option<String>,
     /// The route's rate-limit verdict (`RateLimit-*` headers).
     pub rate: Option<Decision>,
     /// A sticky cookie to set on the response.
@@ -99,6 +101,7 @@ impl Exchange {
             pool: None,
             tried: Tried::default(),
             error: None,
+            error_detail: None,
             rate: None,
             set_cookie: None,
             via: false,

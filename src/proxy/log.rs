@@ -38,6 +38,7 @@ pub fn finish(
         attempts = x.tried.attempts,
         decision = x.tried.decision.unwrap_or("-"),
         error = x.error.unwrap_or("-"),
+        detail = x.error_detail.as_deref().unwrap_or("-"),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );

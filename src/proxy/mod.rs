@@ -65,6 +65,7 @@ pub async fn handle_parts(
         Ok(r) => r,
         Err(e) => {
             x.error = Some(e.code());
+            x.error_detail = Some(e.to_string());
             e.response(&x.request_id).map(ProxyBody::full)
         }
     };

@@ -179,6 +179,20 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Whether `key` exists (a direct query, as a second client of the same Redis).
+    pub fn exists(&self, key: &str) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut c) = client.get_connection() else {
+            return false;
+        };
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<i64>(&mut c)
+            .is_ok_and(|n| n == 1)
+    }
+
     /// Kills the server at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

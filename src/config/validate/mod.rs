@@ -230,8 +230,26 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
         e.push("limits.max_header_bytes", "must be at least 8KiB");
         max_header_bytes = MIN_HEADER_BYTES;
     }
+    let keepalive_timeout = e.positive(
+        "limits.keepalive_timeout",
+        raw.limits.keepalive_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
+    let body_read_timeout = e.positive(
+        "limits.body_read_timeout",
+        raw.limits.body_read_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    let send_timeout = e.positive(
+        "limits.send_timeout",
+        raw.limits.send_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
     let limits = LimitsConfig {
         header_read_timeout,
+        keepalive_timeout,
+        body_read_timeout,
+        send_timeout,
         max_request_body,
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         max_connections: e

@@ -1,0 +1,433 @@
+//! Client connection timers, kept apart from hyper's (whose header timer also runs while a
+//! keep-alive connection waits for its next request):
+//!
+//! - `limits.header_read_timeout`: from accept, and from the first byte of each later request
+//!   head, until the head is complete. On expiry an HTTP/1 client gets `408` with
+//!   `Connection: close`, written here on the socket, and the connection closes.
+//! - `limits.keepalive_timeout`: a connection with no request in flight for this long is shut
+//!   down gracefully ([`watch`]): HTTP/1 closes, HTTP/2 sends GOAWAY.
+//! - `limits.send_timeout`: a client that takes nothing of what is written to it for this long
+//!   is cut, which drops the response and frees the backend slot it held.
+//!
+//! [`ConnState`] is shared by the IO wrapper ([`TimedIo`]), the service (which counts requests
+//! in flight with [`InFlight`], held by the response body) and the watchdog.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ProxyError;
+use crate::headers;
+
+/// The HTTP/2 connection preface; a plain connection starting with it is HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The timers of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    /// Longest time for one request head.
+    pub header_read: Duration,
+    /// Longest idle time between requests.
+    pub keepalive: Duration,
+    /// Longest time writing makes no progress.
+    pub send: Duration,
+}
+
+/// What the IO wrapper, the service and the watchdog share about one connection.
+pub struct ConnState {
+    born: Instant,
+    inflight: AtomicUsize,
+    requests: AtomicU64,
+    /// Milliseconds after `born` when the connection last became idle.
+    idle_since: AtomicU64,
+}
+
+impl ConnState {
+    /// State for a connection accepted now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            born: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+        })
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a request in flight until the returned guard drops (with the response body).
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// When the connection became idle, if it is.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.inflight.load(Ordering::Relaxed) == 0)
+            .then(|| self.born + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)))
+    }
+}
+
+/// One request in flight on its connection; dropped with the response body.
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.idle_since.store(s.ms(Instant::now()), Ordering::Relaxed);
+        s.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+pub struct Tracked<B> {
+    body: B,
+    _inflight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    /// Wraps `body`.
+    pub fn new(body: B, inflight: InFlight) -> Self {
+        Self {
+            body,
+            _inflight: inflight,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's IO with the head and send timers.
+pub struct TimedIo<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    timers: Timers,
+    /// HTTP/2: no request heads to time (known from ALPN, or from the preface).
+    h2: bool,
+    /// Whether the first bytes were looked at for the HTTP/2 preface.
+    sniffed: bool,
+    /// When the request head being read started, and the request count then.
+    head: Option<(Instant, u64)>,
+    read_sleep: Pin<Box<Sleep>>,
+    /// Since when writing has made no progress.
+    stalled: Option<Instant>,
+    write_sleep: Pin<Box<Sleep>>,
+    /// The 408 being written, and how much of it is out.
+    rejecting: Option<(Vec<u8>, usize)>,
+}
+
+impl<S> TimedIo<S> {
+    /// Wraps the stream of a connection accepted now; `h2` when ALPN chose HTTP/2.
+    pub fn new(inner: S, state: Arc<ConnState>, timers: Timers, h2: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            state,
+            timers,
+            h2,
+            sniffed: h2,
+            head: Some((now, 0)),
+            read_sleep: Box::pin(tokio::time::sleep_until(now + timers.header_read)),
+            stalled: None,
+            write_sleep: Box::pin(tokio::time::sleep_until(now + timers.send)),
+            rejecting: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
+    /// Writes the 408 (best effort) and ends reading: hyper sees the connection close.
+    fn reject(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (out, sent) = self.rejecting.get_or_insert_with(|| {
+            let e = ProxyError::ClientTimeout("the request head took too long");
+            (e.raw_http1(&headers::new_request_id()), 0)
+        });
+        while *sent < out.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &out[*sent..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                Poll::Ready(Ok(n)) => *sent += n,
+                // A client that reads nothing does not hold the connection open for long.
+                Poll::Pending => break,
+            }
+        }
+        // Best effort as well: the connection ends either way.
+        if let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_shutdown(cx) {
+            tracing::debug!(error = %e, "closing after a request head timeout");
+        }
+        tracing::debug!("request head timed out: 408 and close");
+        Poll::Ready(Ok(()))
+    }
+
+    /// The send timer around one write attempt.
+    fn timed_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => {
+                let now = Instant::now();
+                let since = *self.stalled.get_or_insert(now);
+                let deadline = since + self.timers.send;
+                if now >= deadline {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client read nothing of its response within send_timeout",
+                    )));
+                }
+                self.write_sleep.as_mut().reset(deadline);
+                if self.write_sleep.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.rejecting.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let requests = this.state.requests.load(Ordering::Relaxed);
+        if this.head.is_some_and(|(_, seen)| seen != requests) {
+            // The head was complete: hyper handed the request to the service.
+            this.head = None;
+        }
+        match r {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !this.sniffed && !got.is_empty() {
+                    this.sniffed = true;
+                    let n = got.len().min(H2_PREFACE.len());
+                    this.h2 = got[..n] == H2_PREFACE[..n];
+                }
+                let idle = this.state.inflight.load(Ordering::Relaxed) == 0;
+                if !got.is_empty() && !this.h2 && idle && this.head.is_none() {
+                    this.head = Some((Instant::now(), requests));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if !this.h2 => {
+                let idle = this.state.inflight.load(Ordering::Relaxed) == 0;
+                match this.head {
+                    Some((since, _)) if idle => {
+                        let deadline = since + this.timers.header_read;
+                        if Instant::now() >= deadline {
+                            return this.reject(cx);
+                        }
+                        this.read_sleep.as_mut().reset(deadline);
+                        if this.read_sleep.as_mut().poll(cx).is_ready() {
+                            cx.waker().wake_by_ref();
+                        }
+                        Poll::Pending
+                    }
+                    _ => Poll::Pending,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.timed_write(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.timed_write(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.timed_write(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A connection that can be shut down gracefully (hyper's HTTP/1 and auto connections).
+pub trait Graceful: Future {
+    /// Stops taking requests; finishes those in flight.
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+/// Drives `conn` to its end, shutting it down gracefully once it has been idle for
+/// `keepalive` or when `shutdown` fires.
+pub async fn watch<C: Graceful>(
+    mut conn: Pin<&mut C>,
+    state: &ConnState,
+    keepalive: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> C::Output {
+    let mut closing = false;
+    loop {
+        let idle_deadline = state.idle_since().map(|t| t + keepalive);
+        let idle = async {
+            match idle_deadline {
+                Some(d) if !closing => tokio::time::sleep_until(d).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = shutdown.cancelled(), if !closing => {
+                // Finish the requests in flight, then close; idle connections close at once.
+                conn.as_mut().shut_down();
+                closing = true;
+            }
+            _ = idle => {
+                // Still idle at the deadline (a request may have started meanwhile).
+                if state.idle_since().is_some_and(|t| t + keepalive <= Instant::now()) {
+                    conn.as_mut().shut_down();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timers() -> Timers {
+        Timers {
+            header_read: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
+            send: Duration::from_secs(30),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_head_gets_408_and_the_connection_ends() {
+        let (client, server) = tokio::io::duplex(1024);
+        let state = ConnState::new();
+        let mut io = TimedIo::new(server, Arc::clone(&state), timers(), false);
+        let (mut c_read, mut c_write) = tokio::io::split(client);
+        c_write.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHo");
+        // Nothing more comes: 10 s later the read ends and the client got a 408.
+        let start = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(start.elapsed() >= Duration::from_secs(9));
+        let mut answer = Vec::new();
+        c_read.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Connection: close"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_head_timer_while_a_request_is_in_flight_or_on_http2() {
+        let (_client, server) = tokio::io::duplex(1024);
+        let state = ConnState::new();
+        let mut io = TimedIo::new(server, Arc::clone(&state), timers(), false);
+        let _req = state.request();
+        let mut buf = [0u8; 8];
+        let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
+        assert!(
+            waited.is_err(),
+            "still waiting: the body timer is not the head timer"
+        );
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = TimedIo::new(server, ConnState::new(), timers(), false);
+        client.write_all(H2_PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), H2_PREFACE.len());
+        let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "HTTP/2 has no head timer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_is_cut_after_send_timeout() {
+        let (_client, server) = tokio::io::duplex(16);
+        let mut io = TimedIo::new(server, ConnState::new(), timers(), false);
+        let start = Instant::now();
+        let big = vec![b'x'; 1024];
+        let err = io.write_all(&big).await.expect_err("cut");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_counts_from_the_last_response() {
+        let state = ConnState::new();
+        assert!(state.idle_since().is_some(), "idle from accept");
+        let req = state.request();
+        assert!(state.idle_since().is_none());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(req);
+        let since = state.idle_since().expect("idle again");
+        assert!(since >= state.born + Duration::from_secs(5));
+    }
+}
