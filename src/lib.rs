@@ -39,6 +39,7 @@ pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod reqbody;
 pub mod router;
 pub mod server;
 pub mod services;

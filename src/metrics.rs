@@ -14,6 +14,8 @@ use crate::config::Outcome;
 
 /// `sandgate_requests_total{route,code}`
 pub const REQUESTS_TOTAL: &str = "sandgate_requests_total";
+/// `sandgate_client_aborts_total{route}`: requests whose client went away before the answer
+pub const CLIENT_ABORTS_TOTAL: &str = "sandgate_client_aborts_total";
 /// `sandgate_request_duration_seconds{route}`
 pub const REQUEST_DURATION: &str = "sandgate_request_duration_seconds";
 /// `sandgate_upstream_requests_total{pool,backend,code}`
@@ -103,6 +105,10 @@ fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,
         "Client requests answered, by route and status code."
+    );
+    describe_counter!(
+        CLIENT_ABORTS_TOTAL,
+        "Requests whose client went away before they were answered (logged as client_abort, 499), by route; no backend is blamed for them."
     );
     describe_histogram!(
         REQUEST_DURATION,

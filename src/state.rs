@@ -24,8 +24,8 @@ use crate::config::{
 };
 use crate::limit::RateLimiter;
 use crate::metrics::{
-    CodeCounters, CACHE_REQUESTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION, RETRIES_TOTAL,
-    RETRY_BUDGET_EXHAUSTED_TOTAL,
+    CodeCounters, CACHE_REQUESTS_TOTAL, CLIENT_ABORTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION,
+    RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL,
 };
 use crate::router::Router;
 use crate::tls;
@@ -42,6 +42,8 @@ pub struct RouteStats {
     pub requests: CodeCounters,
     /// `sandgate_request_duration_seconds{route}`.
     pub duration: Histogram,
+    /// `sandgate_client_aborts_total{route}`.
+    pub client_aborts: metrics::Counter,
 }
 
 /// A caching route's settings and its `sandgate_cache_requests_total` handles.
@@ -286,7 +288,8 @@ impl Snapshot {
                 RouteStats {
                     name: Arc::from(r.name.as_str()),
                     requests: CodeCounters::new(REQUESTS_TOTAL, labels.clone()),
-                    duration: metrics::histogram!(REQUEST_DURATION, labels),
+                    duration: metrics::histogram!(REQUEST_DURATION, labels.clone()),
+                    client_aborts: metrics::counter!(CLIENT_ABORTS_TOTAL, labels),
                 }
             })
             .collect();

@@ -18,10 +18,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Timeouts;
 use crate::error::ProxyError;
+use crate::reqbody::{ClientBody, ClientBodyError, Sent};
 
-/// Request body sent upstream: the client's body streamed with the size limit enforced, or a
-/// buffered copy that can be replayed on retry.
-pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+/// Request body sent upstream: the client's body streamed with the size limit and the gap
+/// timer enforced, or a buffered copy that can be replayed on retry.
+pub type UpstreamBody = Either<Limited<ClientBody>, Full<Bytes>>;
 
 /// A pooled client for one combination of connect and idle timeouts.
 #[derive(Clone)]
@@ -71,29 +72,47 @@ impl UpstreamClient {
         Self { inner }
     }
 
-    /// Sends `req` (its URI already points at the backend) and waits up to `header_timeout`
-    /// for the response head. The body streams afterwards.
+    /// Sends `req` (its URI already points at the backend) and waits for the response head
+    /// up to `header_timeout` from the moment its body has been sent whole (`sent`). The
+    /// response body streams afterwards.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
         header_timeout: Duration,
+        sent: &Sent,
         backend: &str,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(header_timeout, self.inner.request(req)).await {
-            Err(_) => Err(ProxyError::Timeout(backend.to_owned())),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e, backend)),
+        let request = self.inner.request(req);
+        let deadline = async {
+            sent.wait().await;
+            tokio::time::sleep(header_timeout).await;
+        };
+        tokio::select! {
+            r = request => r.map_err(|e| classify(&e, backend)),
+            () = deadline => Err(ProxyError::Timeout(backend.to_owned())),
         }
+    }
+}
+
+/// How a failed client body is answered: the client was too slow, or went away.
+pub fn client_body_error(e: &ClientBodyError) -> ProxyError {
+    match e {
+        ClientBodyError::Stalled => ProxyError::ClientTimeout("the request body stalled"),
+        ClientBodyError::Aborted(_) => ProxyError::ClientAbort,
     }
 }
 
 fn classify(e: &hyper_util::client::legacy::Error, backend: &str) -> ProxyError {
     // The client's body went over the limit while streaming: the request, not the backend,
     // is at fault (the pipeline fills in the limit).
-    let mut chain =
-        std::iter::successors(e.source(), |s: &&(dyn StdError + 'static)| (*s).source());
-    if chain.any(|s| s.is::<LengthLimitError>()) {
-        return ProxyError::BodyTooLarge(0);
+    let chain = std::iter::successors(e.source(), |s: &&(dyn StdError + 'static)| (*s).source());
+    for s in chain {
+        if s.is::<LengthLimitError>() {
+            return ProxyError::BodyTooLarge(0);
+        }
+        if let Some(c) = s.downcast_ref::<ClientBodyError>() {
+            return client_body_error(c);
+        }
     }
     if e.is_connect() {
         return ProxyError::Connect(backend.to_owned());

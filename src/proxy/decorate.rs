@@ -3,7 +3,7 @@
 //! the sticky cookie and `Cache-Status`. Stored cache entries never hold these.
 
 use http::header;
-use http::Response;
+use http::{Response, Version};
 
 use crate::body::ProxyBody;
 use crate::cache::status::CACHE_STATUS;
@@ -12,6 +12,10 @@ use crate::proxy::exchange::Exchange;
 
 /// Adds the per-request headers of `x` to `resp`.
 pub fn apply(resp: &mut Response<ProxyBody>, x: &mut Exchange) {
+    // The answer is in sandgate's own HTTP version (RFC 9110 section 6.2), whatever the
+    // backend spoke: an HTTP/1.0 backend must not turn keep-alive clients into one-shot ones.
+    // (On HTTP/2 connections hyper ignores it.)
+    *resp.version_mut() = Version::HTTP_11;
     let h = resp.headers_mut();
     if x.via {
         h.append(header::VIA, VIA_VALUE.clone());

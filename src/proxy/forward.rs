@@ -7,6 +7,7 @@
 //! it (a coalesced cache fill, a background revalidation).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,8 +28,9 @@ use crate::proxy::admit::admit;
 use crate::proxy::exchange::{Client, Tried};
 use crate::proxy::record::{self, Recorded};
 use crate::proxy::route::Routed;
+use crate::reqbody::{ClientBody, ClientBodyError, Sent};
 use crate::state::{PoolEntry, Snapshot};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{client_body_error, UpstreamBody};
 
 /// GET, HEAD, OPTIONS, PUT, DELETE and TRACE may be sent twice.
 fn idempotent(m: &Method) -> bool {
@@ -40,8 +42,9 @@ fn idempotent(m: &Method) -> bool {
 
 /// The request body for the tries: replayable when small enough and the pool retries.
 pub enum ReqBody {
-    /// Streamed once, with the size limit enforced.
-    Stream(Option<Limited<Incoming>>),
+    /// Streamed once, with the size limit and the gap timer enforced; the signal says when it
+    /// has been sent whole.
+    Stream(Option<Limited<ClientBody>>, Arc<Sent>),
     /// Buffered, sent again on each try.
     Replay(Bytes),
 }
@@ -54,13 +57,14 @@ impl ReqBody {
 
     /// Whether another try can still get a body.
     fn can_resend(&self) -> bool {
-        matches!(self, ReqBody::Replay(_) | ReqBody::Stream(Some(_)))
+        matches!(self, ReqBody::Replay(_) | ReqBody::Stream(Some(_), _))
     }
 
-    fn take(&mut self) -> Option<UpstreamBody> {
+    /// The body for one try, and the signal that it has been sent.
+    fn take(&mut self) -> Option<(UpstreamBody, Arc<Sent>)> {
         match self {
-            ReqBody::Stream(b) => b.take().map(Either::Left),
-            ReqBody::Replay(b) => Some(Either::Right(Full::new(b.clone()))),
+            ReqBody::Stream(b, sent) => b.take().map(|b| (Either::Left(b), Arc::clone(sent))),
+            ReqBody::Replay(b) => Some((Either::Right(Full::new(b.clone())), Sent::already())),
         }
     }
 }
@@ -110,22 +114,24 @@ pub async fn prepare(
             if body.size_hint().lower() > max_body {
                 return Err(ProxyError::BodyTooLarge(max_body));
             }
+            let sent = Arc::new(Sent::default());
+            let body = ClientBody::new(body, snap.limits.body_read_timeout, Arc::clone(&sent));
             let limited = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX));
             let retry = entry.retry.as_ref().filter(|r| r.attempts > 1);
             match (retry, declared) {
                 (Some(r), Some(n)) if n <= r.max_replay_body => match limited.collect().await {
                     Ok(b) => ReqBody::Replay(b.to_bytes()),
-                    Err(e)
-                        if e.downcast_ref::<http_body_util::LengthLimitError>()
-                            .is_some() =>
-                    {
-                        return Err(ProxyError::BodyTooLarge(max_body))
-                    }
-                    Err(_) => {
-                        return Err(ProxyError::BadRequest("the request body could not be read"))
+                    Err(e) => {
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            return Err(ProxyError::BodyTooLarge(max_body));
+                        }
+                        return Err(match e.downcast_ref::<ClientBodyError>() {
+                            Some(c) => client_body_error(c),
+                            None => ProxyError::BadRequest("the request body could not be read"),
+                        });
                     }
                 },
-                _ => ReqBody::Stream(Some(limited)),
+                _ => ReqBody::Stream(Some(limited), sent),
             }
         }
     };
@@ -195,7 +201,7 @@ pub async fn fetch(
         tried.backend = Some(admitted.index);
         tried.decision = admitted.decision;
 
-        let Some(body) = out.body.take() else {
+        let Some((body, sent)) = out.body.take() else {
             return Err(ProxyError::Upstream(
                 backend.authority.to_string(),
                 "request body already sent".into(),
@@ -213,19 +219,26 @@ pub async fn fetch(
         let timeout = retry
             .and_then(|r| r.per_try_timeout)
             .unwrap_or(entry.timeouts.response_header);
-        let sent = Instant::now();
+        let sent_at = Instant::now();
         let result = entry
             .client
             .send(
                 Request::from_parts(head, body),
                 timeout,
+                &sent,
                 backend.authority.as_str(),
             )
             .await;
 
-        let outcome = match record::outcome(&backend.state, admitted.permit, &result, sent) {
+        let outcome = match record::outcome(&backend.state, admitted.permit, &result, sent_at) {
             Recorded::Outcome(o) => o,
-            Recorded::ClientFault => return Err(ProxyError::BodyTooLarge(max_body)),
+            Recorded::ClientFault => {
+                return Err(match result {
+                    Err(ProxyError::BodyTooLarge(_)) => ProxyError::BodyTooLarge(max_body),
+                    Err(e) => e,
+                    Ok(_) => ProxyError::ClientAbort,
+                })
+            }
         };
 
         if let Some(r) = retry {

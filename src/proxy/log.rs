@@ -5,20 +5,70 @@ use http::{Method, Uri};
 use crate::proxy::exchange::{ConnInfo, Exchange};
 use crate::state::Snapshot;
 
+/// A request on its way; its metrics and log line are written when it is dropped. hyper drops
+/// the handler of a request whose client went away: such a request has no status, and is
+/// logged and counted as `client_abort` (499).
+pub struct Logged<'a> {
+    snap: &'a Snapshot,
+    conn: &'a ConnInfo,
+    method: Method,
+    uri: Uri,
+    /// The request's record.
+    pub x: Exchange,
+    /// The status answered, once there is one.
+    pub status: Option<u16>,
+}
+
+impl<'a> Logged<'a> {
+    /// Starts the record of a request.
+    pub fn new(
+        snap: &'a Snapshot,
+        conn: &'a ConnInfo,
+        method: Method,
+        uri: Uri,
+        x: Exchange,
+    ) -> Self {
+        Self {
+            snap,
+            conn,
+            method,
+            uri,
+            x,
+            status: None,
+        }
+    }
+}
+
+impl Drop for Logged<'_> {
+    fn drop(&mut self) {
+        let status = match self.status {
+            Some(s) => s,
+            None => {
+                self.x.error = Some("client_abort");
+                499
+            }
+        };
+        finish(
+            self.snap,
+            self.conn,
+            &self.method,
+            &self.uri,
+            status,
+            &self.x,
+        );
+    }
+}
+
 /// Counts the request under its route and writes its access log line.
-pub fn finish(
-    snap: &Snapshot,
-    conn: &ConnInfo,
-    method: &Method,
-    uri: &Uri,
-    status: u16,
-    x: &Exchange,
-) {
+fn finish(snap: &Snapshot, conn: &ConnInfo, method: &Method, uri: &Uri, status: u16, x: &Exchange) {
     let elapsed = x.start.elapsed();
     let stats = x.route.and_then(|i| snap.route_stats.get(i));
     if let Some(stats) = stats {
         stats.requests.status(status);
         stats.duration.record(elapsed.as_secs_f64());
+        if x.error == Some("client_abort") {
+            stats.client_aborts.increment(1);
+        }
     }
     let backend = x
         .pool

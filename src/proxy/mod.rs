@@ -16,7 +16,8 @@
 //! 8. respond: the backend's body streams back holding its slot and the in-flight slot until
 //!    its last byte
 //! 9. [`decorate::apply`]: the per-request response headers, on every response
-//! 10. [`log::finish`]: request metrics and the access log line
+//! 10. [`log::Logged`]: request metrics and the access log line, also for a request whose
+//!     client went away before it was answered (`client_abort`)
 
 pub mod admit;
 pub mod cache;
@@ -58,10 +59,15 @@ pub async fn handle_parts(
     body: Option<Incoming>,
 ) -> Response<ProxyBody> {
     let snap = ctx.state.load_full();
-    let mut x = Exchange::new(Instant::now(), headers::request_id(&parts.headers));
-    let method = parts.method.clone();
-    let uri = parts.uri.clone();
-    let mut resp = match pipeline(ctx, &snap, parts, body, &mut x).await {
+    let mut done = log::Logged::new(
+        &snap,
+        &ctx.conn,
+        parts.method.clone(),
+        parts.uri.clone(),
+        Exchange::new(Instant::now(), headers::request_id(&parts.headers)),
+    );
+    let x = &mut done.x;
+    let mut resp = match pipeline(ctx, &snap, parts, body, x).await {
         Ok(r) => r,
         Err(e) => {
             x.error = Some(e.code());
@@ -81,8 +87,8 @@ pub async fn handle_parts(
             ..CacheStatus::default()
         });
     }
-    decorate::apply(&mut resp, &mut x);
-    log::finish(&snap, &ctx.conn, &method, &uri, resp.status().as_u16(), &x);
+    decorate::apply(&mut resp, x);
+    done.status = Some(resp.status().as_u16());
     resp
 }
 

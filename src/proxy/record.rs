@@ -1,5 +1,5 @@
 //! Stage: record. The outcome of one try goes to the backend's metrics and its breaker. A
-//! request whose body broke the size limit is the client's fault and blames nobody.
+//! client at fault (a body over the limit or stalled, a client gone) blames nobody.
 
 use std::time::Instant;
 
@@ -14,11 +14,19 @@ use crate::error::ProxyError;
 pub enum Recorded {
     /// The backend answered or failed; this is how it counts.
     Outcome(Outcome),
-    /// The client's body went over the limit: not the backend's fault.
+    /// The client is at fault: no backend is blamed, and the try's error is the answer.
     ClientFault,
 }
 
-/// Records one try that took `elapsed`, and says how it counts.
+/// Whether a failed try was the client's doing.
+fn client_fault(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::BodyTooLarge(_) | ProxyError::ClientTimeout(_) | ProxyError::ClientAbort
+    )
+}
+
+/// Records one try sent at `sent`, and says how it counts.
 pub fn outcome(
     state: &BackendState,
     permit: Option<BreakerPermit>,
@@ -29,7 +37,7 @@ pub fn outcome(
     let outcome = match result {
         Ok(r) => Outcome::Status(r.status().as_u16()),
         // Dropping the permit unrecorded gives a half-open probe slot back.
-        Err(ProxyError::BodyTooLarge(_)) => return Recorded::ClientFault,
+        Err(e) if client_fault(e) => return Recorded::ClientFault,
         Err(e) => e.outcome(),
     };
     state.upstream_requests.outcome_of(outcome);
