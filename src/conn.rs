@@ -314,6 +314,19 @@ pub trait Graceful: Future {
     fn shut_down(self: Pin<&mut Self>);
 }
 
+impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: Body + 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 /// Drives `conn` to its end, shutting it down gracefully once it has been idle for
 /// `keepalive` or when `shutdown` fires.
 pub async fn watch<C: Graceful>(

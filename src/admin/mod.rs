@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::{self, ConnState, TimedIo, Tracked};
 use crate::limit::Shedder;
 use crate::services::Services;
 use crate::state::SharedState;
@@ -76,15 +77,29 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
             break;
         };
         let admin = Arc::clone(&admin);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // The same head, idle and send timers as client connections.
+            let limits = &admin.state.load().limits;
+            let timers = conn::Timers {
+                header_read: limits.header_read_timeout,
+                keepalive: limits.keepalive_timeout,
+                send: limits.send_timeout,
+            };
+            let state = ConnState::new();
+            let io = TimedIo::new(stream, Arc::clone(&state), timers, false);
+            let st = Arc::clone(&state);
             let svc = service_fn(move |req| {
                 let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
+                let inflight = st.request();
+                async move {
+                    let resp = admin.handle(req, peer).await;
+                    Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, inflight)))
+                }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let c = http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(c);
+            if let Err(e) = conn::watch(c, &state, timers.keepalive, &shutdown).await {
                 tracing::debug!(error = %e, "admin connection error");
             }
         });
