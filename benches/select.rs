@@ -33,6 +33,7 @@ fn pool(body: &str, n: usize, dir: &std::path::Path) -> Pool {
 fn ctx(headers: &HeaderMap) -> PickCtx<'_> {
     PickCtx {
         client_ip: IpAddr::from([127, 0, 0, 1]),
+        peer: IpAddr::from([127, 0, 0, 1]),
         headers,
         query: None,
         tls: false,

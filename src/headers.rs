@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use std::fmt::Write as _;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Request-Id`.
@@ -45,18 +47,55 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Adds the forwarding headers to a request going upstream: appends the client to
-/// `X-Forwarded-For`, overwrites `X-Forwarded-Proto` and `X-Forwarded-Host`, and adds `Via`.
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
-    let prev = h
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|p| !p.is_empty());
-    let xff = match prev {
-        Some(prev) => format!("{prev}, {client}"),
-        None => client.to_string(),
+/// Whether `ip` is one of the `trusted` proxies.
+fn trusted_peer(ip: &IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(ip))
+}
+
+/// The client a request is from: the peer, or, when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Without a
+/// `trusted_proxies` list, always the peer.
+pub fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: Option<&[ipnet::IpNet]>) -> IpAddr {
+    let Some(trusted) = trusted.filter(|t| trusted_peer(&peer, t)) else {
+        return peer;
     };
+    h.get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.rsplit(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted_peer(ip, trusted))
+        .unwrap_or(peer)
+}
+
+/// Adds the forwarding headers to a request going upstream from `peer`: its address goes to
+/// `X-Forwarded-For` (appended to the lines received, combined in order; or, with a
+/// `trusted_proxies` list the peer is not on, in place of them, and `Forwarded` is dropped),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are overwritten, and `Via` is added.
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+    trusted: Option<&[ipnet::IpNet]>,
+) {
+    let believed = trusted.is_none_or(|t| trusted_peer(&peer, t));
+    let mut xff = String::with_capacity(64);
+    if believed {
+        for v in h.get_all(&X_FORWARDED_FOR) {
+            let Ok(v) = v.to_str() else { continue };
+            let v = v.trim().trim_matches(',').trim();
+            if !v.is_empty() {
+                xff.push_str(v);
+                xff.push_str(", ");
+            }
+        }
+    } else {
+        h.remove(header::FORWARDED);
+    }
+    // Writing to a String cannot fail.
+    let _ = write!(xff, "{peer}");
     // From a String the header value takes the buffer over instead of copying it.
     if let Ok(v) = HeaderValue::try_from(xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
@@ -127,11 +166,55 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("a.example");
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, Some(&host));
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            Some(&host),
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example");
         assert_eq!(h["via"], "1.1 sandgate");
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_are_combined_and_trust_decides() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("2.2.2.2, 10.0.0.5"),
+        );
+        h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let outsider: IpAddr = "8.8.8.8".parse().unwrap();
+        // Behind a trusted proxy, the client is the right-most untrusted entry.
+        assert_eq!(
+            client_ip(proxy, &h, Some(&trusted)),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(outsider, &h, Some(&trusted)), outsider);
+        assert_eq!(client_ip(proxy, &h, None), proxy, "no list: the peer");
+        let mut kept = h.clone();
+        add_forwarded(&mut kept, proxy, false, None, Some(&trusted));
+        assert_eq!(
+            kept["x-forwarded-for"],
+            "1.1.1.1, 2.2.2.2, 10.0.0.5, 10.0.0.9"
+        );
+        assert!(kept.contains_key("forwarded"));
+        let mut replaced = h.clone();
+        add_forwarded(&mut replaced, outsider, false, None, Some(&trusted));
+        assert_eq!(replaced["x-forwarded-for"], "8.8.8.8");
+        assert!(!replaced.contains_key("forwarded"));
+        let mut appended = h;
+        add_forwarded(&mut appended, outsider, false, None, None);
+        assert_eq!(
+            appended["x-forwarded-for"],
+            "1.1.1.1, 2.2.2.2, 10.0.0.5, 8.8.8.8"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct Route {
     pub name: Arc<str>,
     host: Option<HostMatch>,
     prefix: Box<str>,
+    /// `path_prefix_segments`: the prefix matches whole path segments only.
+    segments: bool,
     headers: Box<[(HeaderName, HeaderValue)]>,
     /// Index of the pool in the snapshot.
     pub pool: usize,
@@ -49,6 +51,78 @@ impl HostMatch {
     }
 }
 
+impl Route {
+    /// Whether the path starts with the prefix (as whole segments with
+    /// `path_prefix_segments`: `/v1` matches `/v1` and `/v1/x`, not `/v10`).
+    fn prefix_matches(&self, path: &str) -> bool {
+        path.starts_with(&*self.prefix)
+            && (!self.segments
+                || path.len() == self.prefix.len()
+                || self.prefix.ends_with('/')
+                || path.as_bytes().get(self.prefix.len()) == Some(&b'/'))
+    }
+}
+
+/// Normalises a request path (RFC 3986 section 6.2.2): percent-encoded unreserved
+/// characters are decoded, `.` and `..` segments resolved (never above the root), and empty
+/// segments (`//`) merged. None when the path is already normal (the common case costs no
+/// allocation) or is not an absolute path (`*`).
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') || !(path.contains("//") || path.contains("/.") || path.contains('%'))
+    {
+        return None;
+    }
+    // Decode %XX for unreserved characters; everything else stays as it was sent.
+    let b = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = (b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
+                .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+                .flatten();
+            if let Some(c) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    decoded.push(char::from(c));
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        // Push the (possibly multi-byte) character at i.
+        let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
+        decoded.push_str(&path[i..i + ch_len]);
+        i += ch_len;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut trailing = false;
+    for (k, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing = k == last,
+            ".." => {
+                out.pop();
+                trailing = k == last;
+            }
+            "" => trailing = k == last,
+            s => {
+                out.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut n = String::with_capacity(decoded.len());
+    for s in &out {
+        n.push('/');
+        n.push_str(s);
+    }
+    if trailing || out.is_empty() {
+        n.push('/');
+    }
+    (n != path).then_some(n)
+}
+
 impl Router {
     /// Compiles `routes`, ordered so that the first match is the right one.
     pub fn new(routes: &[RouteConfig]) -> Self {
@@ -60,6 +134,7 @@ impl Router {
                 name: Arc::from(r.name.as_str()),
                 host: r.host.clone(),
                 prefix: r.path_prefix.clone().into_boxed_str(),
+                segments: r.path_prefix_segments,
                 headers: r.headers.clone().into_boxed_slice(),
                 pool: r.pool,
             })
@@ -73,7 +148,7 @@ impl Router {
     pub fn find(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> Option<&Route> {
         let host = host.map(strip_port);
         self.routes.iter().find(|r| {
-            path.starts_with(&*r.prefix)
+            r.prefix_matches(path)
                 && match (&r.host, host) {
                     (None, _) => true,
                     (Some(m), Some(h)) => m.matches(h),
@@ -112,6 +187,7 @@ mod tests {
             pool: 0,
             rate_limit: None,
             cache: None,
+            path_prefix_segments: false,
         }
     }
 
@@ -151,6 +227,39 @@ mod tests {
             name(Some("A.B.EXAMPLE.COM"), "/w", &h).as_deref(),
             Some("wild")
         );
+    }
+
+    #[test]
+    fn segment_prefixes() {
+        let mut seg = route("seg", None, "/v1", &[]);
+        seg.path_prefix_segments = true;
+        let r = Router::new(&[route("root", None, "/", &[]), seg]);
+        let h = HeaderMap::new();
+        let name = |path| r.find(None, path, &h).map(|x| x.name.to_string());
+        assert_eq!(name("/v1").as_deref(), Some("seg"));
+        assert_eq!(name("/v1/x").as_deref(), Some("seg"));
+        assert_eq!(name("/v10").as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        let n = |p: &str| normalize_path(p).unwrap_or_else(|| p.to_owned());
+        assert_eq!(n("/v1/../admin"), "/admin");
+        assert_eq!(n("/a//b/"), "/a/b/");
+        assert_eq!(n("/a/./b/."), "/a/b/");
+        assert_eq!(n("/../../x"), "/x");
+        assert_eq!(n("/a/%2e%2E/b"), "/b");
+        assert_eq!(n("/%7Euser/%41"), "/~user/A");
+        assert_eq!(n("/keep%2Fslash%20and%25"), "/keep%2Fslash%20and%25");
+        assert_eq!(n("/a/.."), "/");
+        assert_eq!(n("//"), "/");
+        assert_eq!(n("/.hidden"), "/.hidden");
+        assert_eq!(n("/é/../x"), "/x");
+        assert!(
+            normalize_path("/plain/path").is_none(),
+            "no allocation when normal"
+        );
+        assert!(normalize_path("*").is_none());
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub struct Snapshot {
     pub route_cache: Vec<Option<RouteCache>>,
     /// The cache's store settings; `max_object_size` applies live, the rest at start-up.
     pub cache: CacheConfig,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
@@ -329,6 +331,7 @@ impl Snapshot {
             },
             admin: old.map_or(cfg.admin, |o| o.admin),
             admin_token: cfg.admin_token.clone(),
+            trusted_proxies: cfg.trusted_proxies.clone(),
             route_cache: cfg
                 .routes
                 .iter()

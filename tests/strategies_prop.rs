@@ -36,6 +36,7 @@ fn pool_yaml(
 fn ctx<'a>(headers: &'a HeaderMap, ip: &str, query: Option<&'a str>) -> PickCtx<'a> {
     PickCtx {
         client_ip: ip.parse::<IpAddr>().unwrap(),
+        peer: ip.parse::<IpAddr>().unwrap(),
         headers,
         query,
         tls: false,

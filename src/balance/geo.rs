@@ -51,8 +51,8 @@ fn xff_client<'a>(ctx: &'a PickCtx<'a>, trusted: &[ipnet::IpNet]) -> IpAddr {
     // Behind trusted proxies, the client is the right-most X-Forwarded-For entry that is not
     // itself a trusted proxy.
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&ctx.client_ip) {
-        return ctx.client_ip;
+    if !is_trusted(&ctx.peer) {
+        return ctx.peer;
     }
     ctx.headers
         .get_all("x-forwarded-for")
@@ -62,7 +62,7 @@ fn xff_client<'a>(ctx: &'a PickCtx<'a>, trusted: &[ipnet::IpNet]) -> IpAddr {
         .rev()
         .filter_map(|s| s.trim().parse::<IpAddr>().ok())
         .find(|ip| !is_trusted(ip))
-        .unwrap_or(ctx.client_ip)
+        .unwrap_or(ctx.peer)
 }
 
 impl Geo {
@@ -137,7 +137,7 @@ impl Geo {
             .cfg
             .trusted_proxies
             .iter()
-            .any(|n| n.contains(&ctx.client_ip));
+            .any(|n| n.contains(&ctx.peer));
         for src in &self.cfg.sources {
             match src {
                 RegionSource::Header(h) => {

@@ -28,8 +28,10 @@ use crate::config::{BasicStrategy, PoolConfig, StrategyKind};
 
 /// What a strategy may look at to choose.
 pub struct PickCtx<'a> {
-    /// Address of the peer that connected.
+    /// The client's address (the peer, or whom a trusted proxy forwarded for).
     pub client_ip: IpAddr,
+    /// Address of the peer that connected.
+    pub peer: IpAddr,
     /// Request headers.
     pub headers: &'a HeaderMap,
     /// Raw query string.

@@ -34,6 +34,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The bearer token of admin POSTs (`admin.token_file`), if any.
     pub admin_token: Option<Secret>,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` are believed (None: not set).
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
 /// A secret read from a file (never logged).
@@ -153,6 +155,8 @@ pub struct RouteConfig {
     pub host: Option<HostMatch>,
     /// Path prefix.
     pub path_prefix: String,
+    /// The prefix matches whole path segments only.
+    pub path_prefix_segments: bool,
     /// Header conditions (exact value).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Index into [`Config::pools`].

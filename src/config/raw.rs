@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// The response cache's stores, shared by every route that caches.
     #[serde(default)]
     pub cache: Option<RawCache>,
+    /// Peers (CIDRs) whose X-Forwarded-For and Forwarded headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `cache` (top level).
@@ -216,6 +219,9 @@ pub struct RawMatch {
     /// Path prefix, default `/`.
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Match the prefix as whole path segments only (`/v1` matches `/v1/x`, not `/v10`).
+    #[serde(default)]
+    pub path_prefix_segments: Option<bool>,
     /// Headers that must be present with exactly these values.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

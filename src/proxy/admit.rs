@@ -40,6 +40,7 @@ pub async fn admit(
     let pool = &entry.pool;
     let ctx = PickCtx {
         client_ip: client.ip,
+        peer: client.peer,
         headers,
         query,
         tls: client.tls,

@@ -45,6 +45,8 @@ pub struct ClientRequest {
     pub parts: Parts,
     /// Its body, if it has one.
     pub body: Option<hyper::body::Incoming>,
+    /// Who sent it.
+    pub client: Client,
 }
 
 impl ClientRequest {
@@ -52,7 +54,6 @@ impl ClientRequest {
         self,
         snap: &Snapshot,
         routed: &Routed,
-        client: Client,
         x: &Exchange,
     ) -> Result<Outgoing, ProxyError> {
         forward::prepare(
@@ -60,7 +61,7 @@ impl ClientRequest {
             routed,
             self.parts,
             self.body,
-            client,
+            self.client,
             &x.request_id,
             x.start,
         )
@@ -79,7 +80,7 @@ pub async fn serve(
     x: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cache = &ctx.services.cache;
-    let client = ctx.conn.client();
+    let client = req.client;
     let host = routed.host.as_ref().map(HeaderValue::as_bytes);
     let path = req.parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = key::primary(client.tls, host, path);
@@ -90,7 +91,7 @@ pub async fn serve(
         rc.count(CacheResult::Bypass);
         x.cache = Some(CacheStatus::fwd("method"));
         let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE);
-        let out = req.prepare(snap, routed, client, x).await?;
+        let out = req.prepare(snap, routed, x).await?;
         let resp = direct(snap, routed.pool, out, inflight, x).await?;
         let s = resp.status();
         if unsafe_method && (s.is_success() || s.is_redirection()) {
@@ -104,7 +105,7 @@ pub async fn serve(
     if req_cc.no_store {
         rc.count(CacheResult::Bypass);
         x.cache = Some(CacheStatus::fwd("bypass"));
-        let out = req.prepare(snap, routed, client, x).await?;
+        let out = req.prepare(snap, routed, x).await?;
         return direct(snap, routed.pool, out, inflight, x).await;
     }
 
@@ -130,7 +131,7 @@ pub async fn serve(
                     x.via = true;
                     let resp = from_entry(&e, &req.parts.headers, now);
                     // A revalidation that cannot be prepared leaves the stale answer as it is.
-                    if let Ok(out) = req.prepare(snap, routed, client, x).await {
+                    if let Ok(out) = req.prepare(snap, routed, x).await {
                         revalidate_in_background(ctx, snap, rc, routed.pool, out, e, url);
                     }
                     return Ok(resp);
@@ -151,7 +152,7 @@ pub async fn serve(
         return Err(ProxyError::NotCached);
     }
     let range = req.parts.headers.contains_key(header::RANGE);
-    let out = req.prepare(snap, routed, client, x).await?;
+    let out = req.prepare(snap, routed, x).await?;
     if stale.is_none() && range {
         // A part is not stored; the whole is stored by the next request without a range.
         rc.count(CacheResult::Bypass);

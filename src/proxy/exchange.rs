@@ -24,10 +24,13 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// The client as a fetch needs it.
-    pub fn client(&self) -> Client {
+    /// The client of a request with these headers, as a fetch needs it: behind a trusted
+    /// proxy, the address it forwarded for.
+    pub fn client(&self, h: &http::HeaderMap, trusted: Option<&[ipnet::IpNet]>) -> Client {
+        let peer = self.peer.ip();
         Client {
-            ip: self.peer.ip(),
+            ip: crate::headers::client_ip(peer, h, trusted),
+            peer,
             tls: self.tls,
         }
     }
@@ -48,8 +51,11 @@ pub struct ConnCtx {
 /// The client side of a request, owned, so that a fetch can outlive the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
-    /// Client address (strategies hash it, geo reads it).
+    /// The client's address: the peer, or whom a trusted proxy forwarded for (rate limits,
+    /// `client_ip` affinity and the access log use it).
     pub ip: IpAddr,
+    /// The address that connected.
+    pub peer: IpAddr,
     /// Whether the client connection is TLS (sticky cookie `Secure`, `X-Forwarded-Proto`).
     pub tls: bool,
 }
@@ -71,6 +77,8 @@ pub struct Exchange {
     pub start: Instant,
     /// The client's request id, or a fresh one.
     pub request_id: HeaderValue,
+    /// The client's address, once known (see [`Client::ip`]).
+    pub client: Option<IpAddr>,
     /// Index of the matched route.
     pub route: Option<usize>,
     /// Index of the route's pool.
@@ -97,6 +105,7 @@ impl Exchange {
         Self {
             start,
             request_id,
+            client: None,
             route: None,
             pool: None,
             tried: Tried::default(),

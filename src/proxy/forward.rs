@@ -138,16 +138,16 @@ pub async fn prepare(
 
     parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
+    // The host the request was routed by (on HTTP/2, `:authority`) is the one upstream sees.
     if let Some(h) = &routed.host {
-        if !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, h.clone());
-        }
+        parts.headers.insert(header::HOST, h.clone());
     }
     headers::add_forwarded(
         &mut parts.headers,
-        client.ip,
+        client.peer,
         client.tls,
         routed.host.as_ref(),
+        snap.trusted_proxies.as_deref(),
     );
     parts
         .headers

@@ -78,7 +78,7 @@ fn finish(snap: &Snapshot, conn: &ConnInfo, method: &Method, uri: &Uri, status: 
     tracing::info!(
         target: "sandgate::access",
         request_id = x.request_id.to_str().unwrap_or("-"),
-        client = %conn.peer.ip(),
+        client = %x.client.unwrap_or_else(|| conn.peer.ip()),
         listener = &*conn.listener,
         method = method.as_str(),
         path = uri.path(),

@@ -3,7 +3,9 @@
 //!
 //! 1. [`limit::shed`]: past `limits.max_inflight`, 503 at once
 //! 2. snapshot: one `load_full` per request; the request keeps it to the end
-//! 3. [`route::find`]: host + path prefix + headers -> route (404 when none)
+//! 3. [`route::normalize`] the path, then [`route::find`]: the authority checked (400), host +
+//!    path prefix + headers -> route (404 when none); the client's address (behind trusted
+//!    proxies, whom they forwarded for)
 //! 4. [`limit::rate`]: the route's token bucket (429 with `RateLimit-*` headers)
 //! 5. [`cache::serve`] on caching routes: lookup, fresh and stale hits (answered here, before
 //!    any upstream work), coalesced fills ([`fill::run`] on its own task); on a miss it goes
@@ -100,14 +102,23 @@ async fn pipeline(
     x: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let inflight = limit::shed(&ctx.shed, snap)?;
+    let mut parts = parts;
+    route::normalize(&mut parts)?;
     let routed = route::find(snap, &parts)?;
     x.route = Some(routed.index);
     x.pool = Some(routed.pool);
     route::supported(&parts)?;
-    let client = ctx.conn.client();
+    let client = ctx
+        .conn
+        .client(&parts.headers, snap.trusted_proxies.as_deref());
+    x.client = Some(client.ip);
     limit::rate(snap, &routed, client.ip, &parts.headers, x)?;
     if let Some(rc) = snap.route_cache.get(routed.index).and_then(Option::as_ref) {
-        let req = cache::ClientRequest { parts, body };
+        let req = cache::ClientRequest {
+            parts,
+            body,
+            client,
+        };
         return cache::serve(ctx, snap, rc, &routed, req, inflight, x).await;
     }
     let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;

@@ -132,6 +132,21 @@ impl Errors<'_> {
         set
     }
 
+    /// A CIDR (or a single address).
+    fn net(&mut self, path: String, s: &str) -> Option<ipnet::IpNet> {
+        let s = s.trim();
+        match s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.push(path, format!("invalid CIDR {s:?}; write e.g. 10.1.0.0/16"));
+                None
+            }
+        }
+    }
+
     /// A secret of at least 32 bytes read from `file` (relative to `base`); a trailing
     /// newline is not part of it.
     fn secret(&mut self, path: &str, base: &Path, file: &str) -> Option<Vec<u8>> {
@@ -272,6 +287,20 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
         pools.push(pools::validate(&mut e, name, p, base, &mut warnings));
     }
     let routes = routes::validate(&mut e, raw, &pool_names, &mut warnings);
+    let trusted_proxies = raw.trusted_proxies.as_ref().map(|list| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| e.net(format!("trusted_proxies[{i}]"), s))
+            .collect::<Vec<_>>()
+    });
+    // geo's own list defaults to the top-level one.
+    if let Some(top) = &trusted_proxies {
+        for g in pools.iter_mut().filter_map(|p| p.geo.as_mut()) {
+            if g.trusted_proxies.is_empty() {
+                g.trusted_proxies.clone_from(top);
+            }
+        }
+    }
     let cache = cache::stores(&mut e, raw.cache.as_ref());
     let admin_token = raw.admin.as_ref().and_then(|a| {
         let file = a.token_file.as_ref()?;
@@ -294,6 +323,7 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             pools,
             cache,
             admin_token,
+            trusted_proxies,
         },
         warnings,
     })

@@ -71,6 +71,7 @@ pub(super) fn validate(
                 name: r.name.clone(),
                 host,
                 path_prefix,
+                path_prefix_segments: r.matcher.path_prefix_segments.unwrap_or(false),
                 headers,
                 pool,
                 rate_limit,

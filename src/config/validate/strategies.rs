@@ -1,12 +1,10 @@
 //! `pools.NAME.affinity` and `pools.NAME.geo`.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use http::HeaderName;
-use ipnet::IpNet;
 
 use super::Errors;
 use crate::config::raw::{RawAffinity, RawGeo};
@@ -98,19 +96,7 @@ pub(super) fn geo(
         .iter()
         .filter_map(|b| b.region.as_deref())
         .collect();
-    let net = |e: &mut Errors<'_>, path: String, s: &str| -> Option<IpNet> {
-        let s = s.trim();
-        match s
-            .parse::<IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => Some(n),
-            Err(_) => {
-                e.push(path, format!("invalid CIDR {s:?}; write e.g. 10.1.0.0/16"));
-                None
-            }
-        }
-    };
+    let net = |e: &mut Errors<'_>, path: String, s: &str| e.net(path, s);
     let mut sources = Vec::new();
     for (i, src) in g.client_region.iter().enumerate() {
         let sp = format!("{gp}.client_region[{i}]");
@@ -126,7 +112,7 @@ pub(super) fn geo(
             }
         }
         if let Some(map) = &src.cidr {
-            let mut v: Vec<(IpNet, String)> = map
+            let mut v: Vec<(ipnet::IpNet, String)> = map
                 .iter()
                 .filter_map(|(k, r)| net(e, format!("{sp}.cidr.{k}"), k).map(|n| (n, r.clone())))
                 .collect();
