@@ -20,6 +20,7 @@ use crate::reload::{self, sd_notify, Reloader};
 use crate::server;
 use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
+use crate::task::supervise;
 
 /// Runs sandgate until SIGTERM or SIGINT. `config_path` enables live reload; without it
 /// (the demo) SIGHUP is logged and ignored.
@@ -70,12 +71,15 @@ pub async fn run(
     {
         let handle = prometheus.clone();
         let token = shutdown.clone();
-        background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tick.tick() => handle.run_upkeep(),
+        background.push(supervise("metrics-upkeep", move || {
+            let (handle, token) = (handle.clone(), token.clone());
+            async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => handle.run_upkeep(),
+                    }
                 }
             }
         }));
@@ -118,7 +122,12 @@ pub async fn run(
         }
     }
 
-    background.push(health::spawn(Arc::clone(&state), shutdown.clone()));
+    {
+        let (state, token) = (Arc::clone(&state), shutdown.clone());
+        background.push(supervise("health", move || {
+            health::run(Arc::clone(&state), token.clone())
+        }));
+    }
 
     sd_notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(generation = state.load().generation, "sandgate ready");

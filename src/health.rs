@@ -114,9 +114,9 @@ async fn check(
     }
 }
 
-/// Spawns the health checker; it runs until `shutdown`.
-pub fn spawn(state: SharedState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// The health checker; it runs until `shutdown`.
+pub async fn run(state: SharedState, shutdown: CancellationToken) {
+    {
         // Per (pool, backend): when its next check is due, and the tick that last saw it in
         // the snapshot (entries not seen this tick were removed by a reload).
         let mut due: HashMap<(Arc<str>, SocketAddr), (Instant, u64)> = HashMap::new();
@@ -151,5 +151,5 @@ pub fn spawn(state: SharedState, shutdown: CancellationToken) -> tokio::task::Jo
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-    })
+    }
 }

@@ -44,5 +44,6 @@ pub mod router;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod task;
 pub mod tls;
 pub mod upstream;

@@ -81,6 +81,9 @@ pub const CACHE_REDIS_ERRORS_TOTAL: &str = "sandgate_cache_redis_errors_total";
 /// `sandgate_cache_redis_dropped_total`: writes dropped because the Redis queue was full
 pub const CACHE_REDIS_DROPPED_TOTAL: &str = "sandgate_cache_redis_dropped_total";
 
+/// `sandgate_task_restarts_total{task}`: background tasks restarted after a panic
+pub const TASK_RESTARTS_TOTAL: &str = "sandgate_task_restarts_total";
+
 /// Histogram buckets (seconds) for request and upstream durations.
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -158,6 +161,10 @@ fn describe() {
     describe_counter!(
         CACHE_REDIS_ERRORS_TOTAL,
         "Failed or timed-out Redis calls, by operation (each counts as a miss)."
+    );
+    describe_counter!(
+        TASK_RESTARTS_TOTAL,
+        "Background tasks (health, reload, upkeep) restarted after a panic, by task."
     );
     describe_counter!(
         CACHE_REDIS_DROPPED_TOTAL,

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS_TOTAL};
+use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS_TOTAL, TASK_RESTARTS_TOTAL};
 use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
 
@@ -123,8 +123,11 @@ impl Reloader {
 }
 
 /// Installs the SIGHUP handler and the file watch now (so that nothing after start-up is
-/// missed), then runs the reload loop on a task until `shutdown`.
-pub fn spawn(mut reloader: Reloader, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// missed), then runs the reload loop on a task until `shutdown`. Each reload (file reads,
+/// parsing, certificates, mmdb, affinity tables, the snapshot build) runs on a blocking
+/// thread, off the request runtime; one that panics is logged and counted, and the old
+/// snapshot keeps serving.
+pub fn spawn(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -134,16 +137,38 @@ pub fn spawn(mut reloader: Reloader, shutdown: CancellationToken) -> tokio::task
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = watch(&reloader.path, tx);
+    let restarts = metrics::counter!(TASK_RESTARTS_TOTAL, "task" => "reload");
     tokio::spawn(async move {
         let _watcher = watcher;
+        let (path, state, services) = (
+            reloader.path.clone(),
+            Arc::clone(&reloader.state),
+            Arc::clone(&reloader.services),
+        );
+        let mut reloader = Some(reloader);
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
                 Some(()) = rx.recv() => Trigger::FileChange,
             };
-            // Failures are logged and counted inside.
-            let _ = reloader.reload(trigger);
+            let mut r = reloader.take().unwrap_or_else(|| {
+                Reloader::new(path.clone(), Arc::clone(&state), Arc::clone(&services))
+            });
+            // Failures are logged and counted inside; a panic loses only this reload.
+            match tokio::task::spawn_blocking(move || {
+                let result = r.reload(trigger);
+                (r, result)
+            })
+            .await
+            {
+                Ok((r, _result)) => reloader = Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload panicked; the previous config keeps serving");
+                    metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                    restarts.increment(1);
+                }
+            }
         }
     })
 }

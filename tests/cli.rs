@@ -145,3 +145,23 @@ fn config_example_passes_check() {
     assert_eq!(out.trim(), "ok");
     assert!(!err.contains("warning"), "example has warnings:\n{err}");
 }
+
+#[test]
+fn check_refuses_a_key_that_does_not_fit_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["b.example".into()]).unwrap();
+    std::fs::write(dir.path().join("a.pem"), a.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("b.key"), b.key_pair.serialize_pem()).unwrap();
+    let yaml = format!(
+        "listeners:\n  - name: t\n    address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {{ cert: {d}/a.pem, key: {d}/b.key }}\n\
+         routes: [{{ name: r, pool: s }}]\npools:\n  s: {{ backends: [{{ address: 127.0.0.1:9001 }}] }}\n",
+        d = dir.path().display()
+    );
+    let (code, _, err) = check(&yaml);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("listeners[0].tls.certificates[0].key: does not fit the certificate"),
+        "{err}"
+    );
+}

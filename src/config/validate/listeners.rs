@@ -50,6 +50,19 @@ pub(super) fn validate(e: &mut Errors<'_>, raw: &RawConfig, base: &Path) -> Vec<
                 let chain = read_certs(e, &format!("{cp}.cert"), base, &c.cert);
                 let key = read_key(e, &format!("{cp}.key"), base, &c.key);
                 if let (Some(chain), Some(key)) = (chain, key) {
+                    // A key that does not belong to the certificate fails every handshake.
+                    let provider = rustls::crypto::ring::default_provider();
+                    if let Err(err) = rustls::sign::CertifiedKey::from_der(
+                        chain.clone(),
+                        key.clone_key(),
+                        &provider,
+                    ) {
+                        e.push(
+                            format!("{cp}.key"),
+                            format!("does not fit the certificate {}: {err}", c.cert),
+                        );
+                        continue;
+                    }
                     pairs.push(CertificatePair {
                         cert_path: base.join(&c.cert),
                         chain,

@@ -20,6 +20,8 @@ use super::{
 
 /// Largest accepted backend weight; keeps the precomputed weighted schedule small.
 pub const MAX_WEIGHT: i64 = 10_000;
+/// The longest duration any key accepts (a year).
+const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 /// hyper cannot read HTTP/1 heads into a buffer smaller than this.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
 
@@ -42,6 +44,11 @@ impl Errors<'_> {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
+                // Nothing sane waits longer, and deadlines computed from it must not overflow.
+                Ok(d) if d > MAX_DURATION => {
+                    self.push(path, format!("{s:?} is longer than a year"));
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.push(

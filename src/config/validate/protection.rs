@@ -16,8 +16,13 @@ pub(super) fn health(e: &mut Errors<'_>, hp: &str, h: &RawHealthCheck) -> Health
             HealthProbe::Tcp
         }
         (Some(true), None) => HealthProbe::Tcp,
-        (_, Some(p)) if !p.starts_with('/') => {
-            e.push(format!("{hp}.path"), "must start with /");
+        (_, Some(p))
+            if !p.starts_with('/') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() =>
+        {
+            e.push(
+                format!("{hp}.path"),
+                "must be an origin-form path, e.g. /healthz or /health?deep=1",
+            );
             HealthProbe::Http { path: "/".into() }
         }
         (_, p) => HealthProbe::Http {
@@ -51,13 +56,22 @@ pub(super) fn health(e: &mut Errors<'_>, hp: &str, h: &RawHealthCheck) -> Health
         h.interval.as_ref(),
         Duration::from_secs(5),
     );
+    // The default timeout is 2s, but never more than the interval the user chose.
     let timeout = e.positive(
         &format!("{hp}.timeout"),
         h.timeout.as_ref(),
-        Duration::from_secs(2),
+        Duration::from_secs(2).min(interval),
     );
     if !timeout.is_zero() && timeout > interval {
         e.push(format!("{hp}.timeout"), "must not exceed interval");
+    }
+    if let Some(host) = &h.host {
+        if http::HeaderValue::from_str(host).is_err() || host.trim().is_empty() {
+            e.push(
+                format!("{hp}.host"),
+                format!("{host:?} is not a valid Host header value"),
+            );
+        }
     }
     HealthConfig {
         probe,

@@ -102,7 +102,7 @@ pools:
         "line 2: limits.max_inflight: must be at least 1",
         "line 4: routes[0].rate_limit.key: invalid key \"cookie:x\"; write client_ip or header:NAME",
         "line 4: routes[0].rate_limit.rate: invalid rate \"10/fortnight\"; write e.g. 100/s, 600/m or 3600/h",
-        "line 7: pools.p.health_check.path: must start with /",
+        "line 7: pools.p.health_check.path: must be an origin-form path, e.g. /healthz or /health?deep=1",
         "line 7: pools.p.health_check.expect_status: invalid status range \"600-700\"; write e.g. 200-399 or 200,204",
         "line 7: pools.p.health_check.timeout: must not exceed interval",
         "line 7: pools.p.health_check.jitter: invalid percentage \"lots\"; write e.g. 50%",
@@ -116,4 +116,45 @@ pools:
         assert!(e.iter().any(|x| x == w), "missing {w:?} in {e:#?}");
     }
     assert_eq!(e.len(), want.len(), "{e:#?}");
+}
+
+#[test]
+fn run_time_failures_are_caught_by_check() {
+    let e = errs(
+        "\
+listeners:
+  - { name: p, address: 127.0.0.1:8080 }
+routes:
+  - { name: r, pool: s }
+pools:
+  s:
+    timeouts: { idle: 100years }
+    health_check: { path: \"/a b\", host: \"bad\\nhost\" }
+    backends: [{ address: 127.0.0.1:9001 }]
+",
+    );
+    let has = |s: &str| e.iter().any(|x| x.contains(s));
+    assert!(
+        has("pools.s.timeouts.idle: \"100years\" is longer than a year"),
+        "{e:#?}"
+    );
+    assert!(
+        has("pools.s.health_check.path: must be an origin-form path"),
+        "{e:#?}"
+    );
+    assert!(has("pools.s.health_check.host"), "{e:#?}");
+    // A default that contradicts a chosen value is not an error.
+    let ok = errs(
+        "\
+listeners:
+  - { name: p, address: 127.0.0.1:8080 }
+routes:
+  - { name: r, pool: s }
+pools:
+  s:
+    health_check: { interval: 1s }
+    backends: [{ address: 127.0.0.1:9001 }]
+",
+    );
+    assert!(ok.is_empty(), "{ok:#?}");
 }
