@@ -19,7 +19,23 @@ enum Key {
     V4([u8; 4]),
     V6([u8; 16]),
     Header(Box<[u8]>),
+    /// A header value longer than [`MAX_KEY`], by its 128-bit hash, so that long keys cost
+    /// what short ones cost.
+    Hashed(u128),
     Missing,
+}
+
+/// Header values longer than this are keyed by their hash.
+const MAX_KEY: usize = 256;
+
+impl Key {
+    fn header(v: &[u8]) -> Self {
+        if v.len() > MAX_KEY {
+            Key::Hashed(xxhash_rust::xxh3::xxh3_128(v))
+        } else {
+            Key::Header(v.into())
+        }
+    }
 }
 
 struct Bucket {
@@ -92,7 +108,7 @@ impl RateLimiter {
             },
             RateKey::Header(h) => headers
                 .get(h)
-                .map_or(Key::Missing, |v| Key::Header(v.as_bytes().into())),
+                .map_or(Key::Missing, |v| Key::header(v.as_bytes())),
         };
         let burst = f64::from(self.cfg.burst);
         let bucket = self.buckets.get_with(key, || {
@@ -203,6 +219,20 @@ impl Shedder {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn long_header_keys_are_kept_by_their_hash() {
+        let long = vec![b'k'; 64 * 1024];
+        assert!(matches!(Key::header(&long), Key::Hashed(_)));
+        assert!(matches!(Key::header(b"short"), Key::Header(_)));
+        let mut other = long.clone();
+        other[0] = b'j';
+        assert!(
+            Key::header(&long) != Key::header(&other),
+            "different keys stay apart"
+        );
+        assert!(Key::header(&long) == Key::header(&long.clone()));
+    }
 
     #[test]
     fn token_bucket_refills_at_the_rate() {

@@ -277,10 +277,15 @@ impl Snapshot {
                 ),
                 budget_exhausted: metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "pool" => pc.name.clone()),
                 timeouts: pc.timeouts,
-                client: upstreams.client_for(&pc.timeouts),
+                client: upstreams.client_for(&pc.timeouts, pc.max_idle_per_backend),
             });
         }
-        upstreams.retain(&cfg.pools.iter().map(|p| p.timeouts).collect::<Vec<_>>());
+        upstreams.retain(
+            &cfg.pools
+                .iter()
+                .map(|p| (p.timeouts, p.max_idle_per_backend))
+                .collect::<Vec<_>>(),
+        );
 
         let route_stats = cfg
             .routes

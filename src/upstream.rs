@@ -30,8 +30,9 @@ pub struct UpstreamClient {
     inner: Client<HttpConnector, UpstreamBody>,
 }
 
-/// Connect timeout and idle timeout: what a connection pool is keyed by.
-type PoolKey = (Duration, Duration);
+/// Connect timeout, idle timeout and idle connections kept per backend: what a connection
+/// pool is keyed by.
+type PoolKey = (Duration, Duration, usize);
 
 /// Registry of upstream clients; consulted only when a snapshot is built (cold path), never
 /// per request.
@@ -44,29 +45,30 @@ pub struct Upstreams {
 impl Upstreams {
     /// The client for these timeouts, created on first use and shared afterwards, so that a
     /// reload keeps its warm connections.
-    pub fn client_for(&self, t: &Timeouts) -> UpstreamClient {
-        let key = (t.connect, t.idle);
+    pub fn client_for(&self, t: &Timeouts, max_idle: usize) -> UpstreamClient {
+        let key = (t.connect, t.idle, max_idle);
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key)
-            .or_insert_with(|| UpstreamClient::new(t.connect, t.idle))
+            .or_insert_with(|| UpstreamClient::new(t.connect, t.idle, max_idle))
             .clone()
     }
 
     /// Drops clients no pool uses any more (their idle connections close with them).
-    pub fn retain(&self, in_use: &[Timeouts]) {
+    pub fn retain(&self, in_use: &[(Timeouts, usize)]) {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|k, _| in_use.iter().any(|t| (t.connect, t.idle) == *k));
+        map.retain(|k, _| in_use.iter().any(|(t, m)| (t.connect, t.idle, *m) == *k));
     }
 }
 
 impl UpstreamClient {
-    fn new(connect: Duration, idle: Duration) -> Self {
+    fn new(connect: Duration, idle: Duration, max_idle: usize) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(connect));
         conn.set_nodelay(true);
         conn.enforce_http(true);
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle)
+            .pool_max_idle_per_host(max_idle)
             .pool_timer(TokioTimer::new())
             .build(conn);
         Self { inner }

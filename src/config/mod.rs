@@ -374,6 +374,8 @@ pub struct PoolConfig {
     pub retry: Option<RetryConfig>,
     /// Wait queue (used when backends have concurrency caps).
     pub queue: QueueConfig,
+    /// Idle upstream connections kept per backend.
+    pub max_idle_per_backend: usize,
 }
 
 /// Where an affinity key comes from.

@@ -319,6 +319,9 @@ pub struct RawPool {
     /// Wait queue for when every eligible backend is at its cap.
     #[serde(default)]
     pub queue: Option<RawQueue>,
+    /// Idle keep-alive connections kept per backend.
+    #[serde(default)]
+    pub max_idle_per_backend: Option<i64>,
 }
 
 /// `pools.NAME.health_check`.

@@ -175,5 +175,13 @@ pub(super) fn validate(
         breaker,
         retry,
         queue,
+        max_idle_per_backend: e
+            .count(
+                &format!("{pp}.max_idle_per_backend"),
+                p.max_idle_per_backend,
+                0,
+                Some(100_000),
+            )
+            .unwrap_or(32) as usize,
     }
 }
