@@ -9,6 +9,7 @@
 //! times out or whose client disconnects leaves at once: its entry is skipped when reached.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,7 +76,10 @@ impl Drop for Slot {
             return;
         }
         if let Some(q) = &self.queue {
-            if self.state.is_healthy() && q.has_waiters() {
+            // A slot of a backend that cannot serve (unhealthy, breaker open) is not handed to
+            // a waiter, who would only fail: it is released, and waiters wait on.
+            let serves = self.state.is_healthy() && self.state.breaker_available(Instant::now());
+            if serves && q.has_waiters() {
                 // Hand the slot over: the count stays as it is. `hand_off` tries waiters in
                 // order and gives the slot back only when none is left to take it.
                 match q.hand_off(self.rearmed()) {
@@ -100,10 +104,30 @@ pub enum Rejected {
     Timeout,
 }
 
+/// One waiter: where its slot goes, and which backends it takes (None: any).
+struct Waiter {
+    tx: oneshot::Sender<Slot>,
+    accepts: Option<Arc<[SocketAddr]>>,
+}
+
+impl Waiter {
+    fn takes(&self, addr: &SocketAddr) -> bool {
+        self.accepts.as_ref().is_none_or(|a| a.contains(addr))
+    }
+}
+
+/// How a waiter got its slot.
+pub enum Waited<T> {
+    /// Handed over by a request that finished.
+    Handed(Slot),
+    /// Found free just after the waiter joined the queue (a slot freed in between).
+    Found(T),
+}
+
 /// The wait queue of one pool; kept across reloads by pool name.
 pub struct WaitQueue {
-    // std Mutex: held to push or pop one sender, never across an await.
-    waiters: Mutex<VecDeque<oneshot::Sender<Slot>>>,
+    // std Mutex: held to push, or to find and remove one waiter, never across an await.
+    waiters: Mutex<VecDeque<Waiter>>,
     /// Waiters still waiting (entries of departed ones may linger in `waiters`).
     depth: AtomicUsize,
     depth_gauge: Gauge,
@@ -147,22 +171,22 @@ impl WaitQueue {
         self.depth.load(Ordering::Acquire)
     }
 
-    /// Gives `slot` to the oldest waiter still waiting, trying the next one when a waiter
-    /// leaves at the same moment; returns the slot when nobody is left to take it.
+    /// Gives `slot` to the oldest waiter still waiting that takes its backend, trying the
+    /// next one when a waiter leaves at the same moment; returns the slot when nobody is
+    /// left to take it.
     fn hand_off(&self, mut slot: Slot) -> Result<(), Slot> {
+        let addr = slot.state.addr;
         loop {
             let tx = {
                 let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-                loop {
-                    match q.pop_front() {
-                        Some(tx) if tx.is_closed() => continue,
-                        other => break other,
-                    }
-                }
+                q.retain(|w| !w.tx.is_closed());
+                q.iter()
+                    .position(|w| w.takes(&addr))
+                    .and_then(|i| q.remove(i))
             };
             match tx {
                 None => return Err(slot),
-                Some(tx) => match tx.send(slot) {
+                Some(w) => match w.tx.send(slot) {
                     Ok(()) => return Ok(()),
                     Err(back) => slot = back,
                 },
@@ -170,8 +194,16 @@ impl WaitQueue {
         }
     }
 
-    /// Waits for a slot, up to `timeout`, if fewer than `max` wait already.
-    pub async fn wait(&self, max: usize, timeout: Duration) -> Result<Slot, Rejected> {
+    /// Waits for a slot of a backend in `accepts` (None: any), up to `timeout`, if fewer
+    /// than `max` wait already. Once queued it calls `retry` once: a slot freed between the
+    /// caller's last look and its joining the queue is found at once, not lost.
+    pub async fn wait<T>(
+        &self,
+        max: usize,
+        timeout: Duration,
+        accepts: Option<Arc<[SocketAddr]>>,
+        retry: impl FnOnce() -> Option<T>,
+    ) -> Result<Waited<T>, Rejected> {
         if self.depth.load(Ordering::Acquire) >= max {
             self.rejected_full.increment(1);
             return Err(Rejected::Full);
@@ -180,18 +212,23 @@ impl WaitQueue {
         {
             let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             if q.len() > 2 * max + 16 {
-                q.retain(|t| !t.is_closed());
+                q.retain(|w| !w.tx.is_closed());
             }
-            q.push_back(tx);
+            q.push_back(Waiter { tx, accepts });
             self.depth.fetch_add(1, Ordering::AcqRel);
         }
         self.depth_gauge.increment(1.0);
         let _waiting = Waiting(self);
         let start = Instant::now();
+        if let Some(found) = retry() {
+            // Leaving: the entry is closed with `rx`; a slot already sent to it is dropped
+            // with `rx` and handed on from there.
+            return Ok(Waited::Found(found));
+        }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(slot)) => {
                 self.wait.record(start.elapsed().as_secs_f64());
-                Ok(slot)
+                Ok(Waited::Handed(slot))
             }
             _ => {
                 self.rejected_timeout.increment(1);
@@ -206,12 +243,132 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{Slot, WaitQueue};
+    use super::{Rejected, Slot, WaitQueue, Waited};
     use crate::backend::BackendState;
 
     fn backend() -> (Arc<BackendState>, Arc<WaitQueue>) {
         let b = Arc::new(BackendState::new("p", "127.0.0.1:1".parse().unwrap(), true));
         (b, Arc::new(WaitQueue::new("p")))
+    }
+
+    fn none() -> Option<()> {
+        None
+    }
+
+    fn handed(r: Result<Waited<()>, Rejected>) -> Result<Slot, Rejected> {
+        match r? {
+            Waited::Handed(s) => Ok(s),
+            Waited::Found(()) => Err(Rejected::Timeout),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_while_joining_the_queue_is_found_at_once() {
+        let (b, queue) = backend();
+        let start = tokio::time::Instant::now();
+        // Freed just before the waiter joins (nobody to hand it to): its retry finds it.
+        let held = Slot::try_take(&b, 1, &queue).expect("free slot");
+        drop(held);
+        let r = queue
+            .wait(5, Duration::from_secs(60), None, || {
+                Slot::try_take(&b, 1, &queue)
+            })
+            .await;
+        assert!(matches!(r, Ok(Waited::Found(_))));
+        drop(r);
+        // Freed just after it joined: handed to it.
+        let held = Slot::try_take(&b, 1, &queue).expect("free slot");
+        let r = queue
+            .wait(5, Duration::from_secs(60), None, || {
+                drop(held);
+                Slot::try_take(&b, 1, &queue)
+            })
+            .await;
+        assert!(matches!(r, Ok(Waited::Handed(_))));
+        drop(r);
+        assert_eq!(start.elapsed(), Duration::ZERO, "no wait in either case");
+        assert_eq!(b.inflight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_of_a_backend_whose_breaker_opened_is_not_handed_on() {
+        let (b, queue) = backend();
+        let cfg = crate::config::BreakerConfig {
+            consecutive_failures: 1,
+            failure_rate: 1.0,
+            window: Duration::from_secs(10),
+            min_requests: 100,
+            open_for: Duration::from_secs(60),
+            max_open_for: Duration::from_secs(60),
+            half_open_requests: 1,
+            failure_on: crate::config::OutcomeSet::default_failures(),
+        };
+        b.configure_breaker(Some(&cfg));
+        let slot = Slot::try_take(&b, 1, &queue).expect("free slot");
+        let permit = b
+            .breaker_permit(std::time::Instant::now())
+            .unwrap()
+            .unwrap();
+        permit.record(
+            crate::config::Outcome::ConnectError,
+            std::time::Instant::now(),
+        );
+        let q = Arc::clone(&queue);
+        let waiter =
+            tokio::spawn(
+                async move { handed(q.wait(5, Duration::from_secs(5), None, none).await) },
+            );
+        while !queue.has_waiters() {
+            tokio::task::yield_now().await;
+        }
+        drop(slot);
+        assert_eq!(
+            b.inflight(),
+            0,
+            "released, not handed to a waiter that would fail"
+        );
+        assert!(
+            waiter.await.unwrap().is_err(),
+            "the waiter waited on (and timed out)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_only_a_backend_it_accepts() {
+        let q = Arc::new(WaitQueue::new("p"));
+        let a = Arc::new(BackendState::new("p", "127.0.0.1:1".parse().unwrap(), true));
+        let b = Arc::new(BackendState::new("p", "127.0.0.1:2".parse().unwrap(), true));
+        let on_a = Slot::try_take(&a, 1, &q).unwrap();
+        let on_b = Slot::try_take(&b, 1, &q).unwrap();
+        // The oldest waiter wants b only; the next takes anything.
+        let only_b: Arc<[std::net::SocketAddr]> = vec![b.addr].into();
+        let q1 = Arc::clone(&q);
+        let w1 = tokio::spawn(async move {
+            handed(q1.wait(5, Duration::from_secs(5), Some(only_b), none).await)
+        });
+        while q.depth() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let q2 = Arc::clone(&q);
+        let w2 =
+            tokio::spawn(
+                async move { handed(q2.wait(5, Duration::from_secs(5), None, none).await) },
+            );
+        while q.depth() < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(on_a);
+        let got2 = w2
+            .await
+            .unwrap()
+            .expect("a's slot goes to the waiter that takes any");
+        assert_eq!(got2.backend().addr, a.addr);
+        drop(on_b);
+        let got1 = w1
+            .await
+            .unwrap()
+            .expect("b's slot goes to the waiter that waited for it");
+        assert_eq!(got1.backend().addr, b.addr);
     }
 
     #[tokio::test]
@@ -220,7 +377,10 @@ mod tests {
         let first = Slot::try_take(&b, 1, &queue).expect("free slot");
         assert!(Slot::try_take(&b, 1, &queue).is_none(), "cap 1");
         let q = Arc::clone(&queue);
-        let waiter = tokio::spawn(async move { q.wait(5, Duration::from_secs(5)).await });
+        let waiter =
+            tokio::spawn(
+                async move { handed(q.wait(5, Duration::from_secs(5), None, none).await) },
+            );
         while !queue.has_waiters() {
             tokio::task::yield_now().await;
         }
@@ -236,11 +396,14 @@ mod tests {
         let (b, queue) = backend();
         let slot = Slot::try_take(&b, 1, &queue).expect("free slot");
         // A waiter that gives up: its entry stays queued, closed.
-        let r = queue.wait(5, Duration::from_millis(1)).await;
+        let r = queue.wait(5, Duration::from_millis(1), None, none).await;
         assert!(r.is_err());
         // Another waiter that is still there.
         let q2 = Arc::clone(&queue);
-        let waiter = tokio::spawn(async move { q2.wait(5, Duration::from_secs(5)).await });
+        let waiter =
+            tokio::spawn(
+                async move { handed(q2.wait(5, Duration::from_secs(5), None, none).await) },
+            );
         while !queue.has_waiters() {
             tokio::task::yield_now().await;
         }

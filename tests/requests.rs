@@ -175,7 +175,10 @@ async fn trusted_proxies_decide_whose_forwarded_for_is_believed() {
         "the same client"
     );
     assert!(
-        behind.logs.count(|v| v["client"] == "2.2.2.2") >= 1,
+        behind
+            .logs
+            .wait_for(Duration::from_secs(5), |v| v["client"] == "2.2.2.2")
+            .is_some(),
         "the log names the client"
     );
 

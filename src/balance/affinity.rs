@@ -219,6 +219,15 @@ impl Affinity {
         if self.sealing.is_some() {
             return match self.read_cookie(ctx) {
                 Sticky::Pinned(i) if env.usable(i) => Some((i, Outcome::Hit, false)),
+                // A retry away from a backend that can still serve: this try goes elsewhere,
+                // the session stays pinned (no new cookie).
+                Sticky::Pinned(i) if env.exclude.contains(&i) && env.serves(i) => {
+                    let i = match key {
+                        Some(h) => self.by_hash(h, env, false)?.0,
+                        None => self.fallback.select(members, env)?,
+                    };
+                    Some((i, Outcome::Spilled, false))
+                }
                 Sticky::Pinned(_) | Sticky::Gone if self.cfg.on_unusable == OnUnusable::Strict => {
                     None
                 }
@@ -242,6 +251,24 @@ impl Affinity {
             Some(h) => self.by_hash(h, env, true).map(|(i, o)| (i, o, false)),
             None => Some((self.fallback.select(members, env)?, Outcome::New, false)),
         }
+    }
+
+    /// The backend a `strict` request must have (its pinned cookie's, else its key's first),
+    /// for waiting in the queue; None when any backend will do.
+    pub fn strict_backend(&self, ctx: &PickCtx<'_>) -> Option<usize> {
+        if self.cfg.on_unusable != OnUnusable::Strict {
+            return None;
+        }
+        if self.sealing.is_some() {
+            if let Sticky::Pinned(i) = self.read_cookie(ctx) {
+                return Some(i);
+            }
+        }
+        let key = self.key_hash(ctx)? % SLOTS;
+        Some(match &self.table {
+            Some(t) => t[key as usize] as usize,
+            None => top_of(key, &self.addr_hashes, self.weights.as_deref()),
+        })
     }
 
     /// The request's affinity key, hashed.

@@ -174,6 +174,21 @@ impl Geo {
         None
     }
 
+    /// The backends a waiting request takes, in its region and then its failover regions;
+    /// None when its region is unknown (any backend will do).
+    pub fn queue_members(&self, ctx: &PickCtx<'_>) -> Option<Vec<usize>> {
+        let region = self
+            .client_region(ctx)
+            .or_else(|| self.cfg.default_region.as_deref().map(Cow::Borrowed))?;
+        let order = self.order.get(region.as_ref())?;
+        Some(
+            order
+                .iter()
+                .flat_map(|&g| self.groups[g].members.iter().map(|&i| i as usize))
+                .collect(),
+        )
+    }
+
     /// Picks a backend and says how.
     pub fn decide(&self, env: &Env<'_>, ctx: &PickCtx<'_>) -> Option<(usize, GeoResult)> {
         let region = self.client_region(ctx);
@@ -194,6 +209,19 @@ impl Geo {
                     };
                     return Some((i, result));
                 }
+            }
+            // The region and its failovers are only full, not down: wait for them in the
+            // queue rather than leave them.
+            let busy = order.iter().any(|&g| {
+                self.groups[g].members.iter().any(|&i| {
+                    let i = i as usize;
+                    !env.exclude.contains(&i)
+                        && !env.backends[i].has_slot()
+                        && env.serves_but_for_cap(i)
+                })
+            });
+            if busy {
+                return None;
             }
         }
         let i = self.all.basic.select(&self.all.members, env)?;

@@ -65,6 +65,20 @@ impl Env<'_> {
         !self.exclude.contains(&i) && b.has_slot() && b.can_serve(self.now, self.panic)
     }
 
+    /// Whether backend `i` could take the request but for having been tried already.
+    #[inline]
+    pub fn serves(&self, i: usize) -> bool {
+        let b = &self.backends[i];
+        b.has_slot() && b.can_serve(self.now, self.panic)
+    }
+
+    /// Whether backend `i` is healthy (or the pool in panic mode) and its breaker admits
+    /// traffic, whatever its cap.
+    #[inline]
+    pub fn serves_but_for_cap(&self, i: usize) -> bool {
+        self.backends[i].can_serve(self.now, self.panic)
+    }
+
     /// Slow-start share of backend `i` (1.0 when not ramping).
     #[inline]
     pub fn share(&self, i: usize) -> f64 {
@@ -303,6 +317,23 @@ impl Pool {
             set_cookie,
             decision,
         })
+    }
+
+    /// The backends the strategy would accept for a request that waits in the queue (a
+    /// strict affinity request its own; a geo request its region and failover regions), or
+    /// None when any backend will do.
+    pub fn queue_filter(&self, ctx: &PickCtx<'_>) -> Option<Arc<[std::net::SocketAddr]>> {
+        let members = match &self.strategy {
+            Strategy::Basic(_) => return None,
+            Strategy::Affinity(a) => vec![a.strict_backend(ctx)?],
+            Strategy::Geo(g) => g.queue_members(ctx)?,
+        };
+        Some(
+            members
+                .into_iter()
+                .filter_map(|i| self.backends.get(i).map(Backend::addr))
+                .collect(),
+        )
     }
 
     /// Whether any backend could take traffic now (busy ones count: they free up).

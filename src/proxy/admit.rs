@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::admission::{Rejected, Slot};
+use crate::admission::{Rejected, Slot, Waited};
 use crate::backend::BreakerPermit;
 use crate::balance::PickCtx;
 use crate::error::ProxyError;
@@ -28,7 +28,9 @@ pub struct Admitted {
 }
 
 /// Picks a backend and takes its slot and breaker permit, waiting in the pool's queue when
-/// every eligible backend is at its cap. `tried` are preferred against (retries).
+/// every eligible backend is at its cap. `tried` are preferred against (retries). A waiting
+/// request takes only a backend its strategy accepts for it, and a slot whose breaker
+/// turned it away sends it back to waiting, not to an error.
 pub async fn admit(
     entry: &PoolEntry,
     client: Client,
@@ -46,16 +48,59 @@ pub async fn admit(
         tls: client.tls,
         now: start,
     };
+    if let Some(a) = pick(entry, &ctx, tried) {
+        return Ok(a);
+    }
+    if !pool.all_busy(Instant::now(), &[]) {
+        return Err(ProxyError::NoBackend(pool.name.to_string()));
+    }
+    let q = entry.queue_cfg;
+    let accepts = pool.queue_filter(&ctx);
+    let deadline = Instant::now() + q.timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let waited = entry
+            .queue
+            .wait(q.max, left, accepts.clone(), || pick(entry, &ctx, tried))
+            .await;
+        let slot = match waited {
+            Ok(Waited::Found(a)) => return Ok(a),
+            Ok(Waited::Handed(slot)) => slot,
+            Err(Rejected::Full) => return Err(ProxyError::QueueFull(pool.name.to_string())),
+            Err(Rejected::Timeout) => return Err(ProxyError::QueueTimeout(pool.name.to_string())),
+        };
+        let Some(index) = pool.index_of(slot.backend()) else {
+            // A backend removed by a reload: its slot is released, and the wait goes on.
+            continue;
+        };
+        match slot.backend().breaker_permit(Instant::now()) {
+            Ok(permit) => {
+                return Ok(Admitted {
+                    index,
+                    slot,
+                    permit,
+                    set_cookie: None,
+                    decision: Some("queued"),
+                })
+            }
+            // The breaker opened since: the slot goes on to the next waiter, this one waits.
+            Err(_open) => drop(slot),
+        }
+    }
+}
+
+/// One pass of the strategy: a backend with a free slot whose breaker admits the request.
+fn pick(entry: &PoolEntry, ctx: &PickCtx<'_>, tried: &[usize]) -> Option<Admitted> {
+    let pool = &entry.pool;
     let mut skip: Vec<usize> = tried.to_vec();
     // Each pass either admits or skips one more backend, so this ends.
     for _ in 0..=pool.backends.len() {
-        let pick = pool.select(&ctx, &skip).or_else(|| {
+        let pick = pool.select(ctx, &skip).or_else(|| {
             // Every backend was tried: a retry may go back to one (it prefers untried ones).
             (!tried.is_empty() && skip.len() >= pool.backends.len())
-                .then(|| pool.select(&ctx, &[]))
+                .then(|| pool.select(ctx, &[]))
                 .flatten()
-        });
-        let Some(pick) = pick else { break };
+        })?;
         let b = pick.backend;
         let Some(slot) = Slot::try_take(&b.state, b.max_connections, &entry.queue) else {
             // Filled up since selection looked.
@@ -64,7 +109,7 @@ pub async fn admit(
         };
         match b.state.breaker_permit(Instant::now()) {
             Ok(permit) => {
-                return Ok(Admitted {
+                return Some(Admitted {
                     index: pick.index,
                     slot,
                     permit,
@@ -78,28 +123,5 @@ pub async fn admit(
             }
         }
     }
-    if pool.all_busy(Instant::now(), &[]) {
-        let q = entry.queue_cfg;
-        return match entry.queue.wait(q.max, q.timeout).await {
-            Ok(slot) => {
-                let Some(index) = pool.index_of(slot.backend()) else {
-                    return Err(ProxyError::NoBackend(pool.name.to_string()));
-                };
-                let permit = slot
-                    .backend()
-                    .breaker_permit(Instant::now())
-                    .map_err(|_open| ProxyError::NoBackend(pool.name.to_string()))?;
-                Ok(Admitted {
-                    index,
-                    slot,
-                    permit,
-                    set_cookie: None,
-                    decision: Some("queued"),
-                })
-            }
-            Err(Rejected::Full) => Err(ProxyError::QueueFull(pool.name.to_string())),
-            Err(Rejected::Timeout) => Err(ProxyError::QueueTimeout(pool.name.to_string())),
-        };
-    }
-    Err(ProxyError::NoBackend(pool.name.to_string()))
+    None
 }
