@@ -160,6 +160,12 @@ impl WaitQueue {
         }
     }
 
+    /// Marks the queue's metric series as alive.
+    pub fn touch_metrics(&self) {
+        crate::metrics::touch_gauges(&[&self.depth_gauge]);
+        crate::metrics::touch(&[&self.rejected_full, &self.rejected_timeout]);
+    }
+
     /// Whether anyone is waiting.
     #[inline]
     pub fn has_waiters(&self) -> bool {

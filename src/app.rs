@@ -67,18 +67,29 @@ pub async fn run(
         )));
     }
     // The recorder buffers histogram samples until they are folded in; do that periodically
-    // so memory stays flat when nobody scrapes /metrics.
+    // so memory stays flat when nobody scrapes /metrics. Live series are touched each round,
+    // so that only those of removed backends and routes go idle and are dropped.
     {
         let handle = prometheus.clone();
         let token = shutdown.clone();
+        let (state, services, shed) =
+            (Arc::clone(&state), Arc::clone(&services), Arc::clone(&shed));
+        let every = (cfg.runtime.metrics_idle_timeout / 4).min(std::time::Duration::from_secs(5));
         background.push(supervise("metrics-upkeep", move || {
             let (handle, token) = (handle.clone(), token.clone());
+            let (state, services, shed) =
+                (Arc::clone(&state), Arc::clone(&services), Arc::clone(&shed));
             async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                let mut tick = tokio::time::interval(every);
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => return,
-                        _ = tick.tick() => handle.run_upkeep(),
+                        _ = tick.tick() => {
+                            state.load().touch_metrics();
+                            services.cache.touch_metrics();
+                            shed.touch_metrics();
+                            handle.run_upkeep();
+                        }
                     }
                 }
             }

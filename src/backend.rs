@@ -143,6 +143,20 @@ impl BackendState {
         }
     }
 
+    /// Marks the backend's metric series as alive.
+    pub fn touch_metrics(&self) {
+        let m = &self.metrics;
+        crate::metrics::touch_gauges(&[&m.inflight, &m.healthy, &m.breaker_state]);
+        crate::metrics::touch(&[
+            &m.checks_pass,
+            &m.checks_fail,
+            &m.to_healthy,
+            &m.to_unhealthy,
+        ]);
+        crate::metrics::touch(&m.breaker_to.iter().collect::<Vec<_>>());
+        self.upstream_requests.touch();
+    }
+
     /// Requests in flight now (until their response bodies end).
     pub fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)

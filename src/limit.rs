@@ -94,6 +94,11 @@ impl RateLimiter {
         }
     }
 
+    /// Marks the limiter's metric series as alive.
+    pub fn touch_metrics(&self) {
+        crate::metrics::touch(&[&self.limited]);
+    }
+
     /// The settings.
     pub fn config(&self) -> &RateLimitConfig {
         &self.cfg
@@ -155,6 +160,13 @@ impl Default for Shedder {
             shed_connections: metrics::counter!(SHED_TOTAL, "reason" => "connections"),
             shed_inflight: metrics::counter!(SHED_TOTAL, "reason" => "inflight"),
         }
+    }
+}
+
+impl Shedder {
+    /// Marks the shedding counters as alive.
+    pub fn touch_metrics(&self) {
+        crate::metrics::touch(&[&self.shed_connections, &self.shed_inflight]);
     }
 }
 

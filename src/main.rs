@@ -95,6 +95,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn serve(loaded: config::Loaded, path: PathBuf) -> ExitCode {
+    let idle = loaded.config.runtime.metrics_idle_timeout;
     let rt = match runtime(loaded.config.runtime.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -102,7 +103,7 @@ fn serve(loaded: config::Loaded, path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let prometheus = match metrics::install() {
+    let prometheus = match metrics::install(idle) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot install the metrics recorder");
@@ -149,7 +150,7 @@ fn run_demo() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let prometheus = match metrics::install() {
+    let prometheus = match metrics::install(std::time::Duration::from_secs(600)) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot install the metrics recorder");

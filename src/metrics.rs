@@ -91,8 +91,9 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global Prometheus recorder and describes every metric. Call once per process.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install(idle_timeout: std::time::Duration) -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::ALL, Some(idle_timeout))
         .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
         .map_err(|e| e.to_string())?
         .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), DURATION_BUCKETS)
@@ -172,6 +173,22 @@ fn describe() {
     );
 }
 
+/// Marks counters as alive without changing them. The exporter drops series nobody updated
+/// for `runtime.metrics_idle_timeout` (so backends and routes removed by a reload disappear);
+/// the upkeep task touches every live one well within that time.
+pub fn touch(counters: &[&Counter]) {
+    for c in counters {
+        c.increment(0);
+    }
+}
+
+/// Marks gauges as alive without changing them.
+pub fn touch_gauges(gauges: &[&metrics::Gauge]) {
+    for g in gauges {
+        g.increment(0.0);
+    }
+}
+
 /// Lowest status code counted; 100..=599 fit in the table.
 const FIRST_CODE: u16 = 100;
 const CODES: usize = 500;
@@ -208,6 +225,18 @@ impl CodeCounters {
         let mut labels = self.labels.clone();
         labels.push(Label::new(self.label, code));
         metrics::counter!(self.name, labels)
+    }
+
+    /// Marks every series of the family as alive (see [`touch`]).
+    pub fn touch(&self) {
+        for c in self
+            .by_code
+            .iter()
+            .chain(self.named.iter())
+            .filter_map(OnceLock::get)
+        {
+            c.increment(0);
+        }
     }
 
     /// Counts one response with `status`.

@@ -63,6 +63,11 @@ impl RouteCache {
         }
     }
 
+    /// Marks its counters as alive.
+    fn touch_metrics(&self) {
+        crate::metrics::touch(&self.results.iter().collect::<Vec<_>>());
+    }
+
     /// Counts one request's cache result.
     pub fn count(&self, r: CacheResult) {
         self.results[r as usize].increment(1);
@@ -333,6 +338,9 @@ impl Snapshot {
                 worker_threads: old
                     .map_or(cfg.runtime.worker_threads, |o| o.runtime.worker_threads),
                 shutdown_grace: cfg.runtime.shutdown_grace,
+                metrics_idle_timeout: old.map_or(cfg.runtime.metrics_idle_timeout, |o| {
+                    o.runtime.metrics_idle_timeout
+                }),
             },
             admin: old.map_or(cfg.admin, |o| o.admin),
             admin_token: cfg.admin_token.clone(),
@@ -388,6 +396,39 @@ impl Snapshot {
             out.push("cache.redis changed".to_owned());
         }
         out
+    }
+
+    /// Marks every metric series this snapshot's routes, pools and backends own as alive,
+    /// with the listener gauges and the config gauges.
+    pub fn touch_metrics(&self) {
+        for r in &self.route_stats {
+            r.requests.touch();
+            crate::metrics::touch(&[&r.client_aborts]);
+        }
+        for c in self.route_cache.iter().flatten() {
+            c.touch_metrics();
+        }
+        for l in self.rate_limits.iter().flatten() {
+            l.touch_metrics();
+        }
+        for p in &self.pools {
+            p.pool.touch_metrics();
+            p.queue.touch_metrics();
+            p.retries.touch();
+            crate::metrics::touch(&[&p.budget_exhausted]);
+        }
+        for l in &self.listeners {
+            metrics::gauge!(crate::metrics::CONNECTIONS_OPEN, "listener" => l.name.to_string())
+                .increment(0.0);
+        }
+        metrics::gauge!(crate::metrics::CONFIG_GENERATION).set(self.generation as f64);
+        for result in ["success", "error"] {
+            metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => result)
+                .increment(0);
+        }
+        for task in ["health", "metrics-upkeep", "reload"] {
+            metrics::counter!(crate::metrics::TASK_RESTARTS_TOTAL, "task" => task).increment(0);
+        }
     }
 
     /// The listener entry named `name`.

@@ -52,3 +52,44 @@ async fn idle_upstream_connections_are_capped_per_backend() {
     // 40 connections were needed at once; only 4 stay idle afterwards.
     wait_until(|| open.load(Ordering::SeqCst) <= 4).await;
 }
+
+#[tokio::test]
+async fn metric_series_of_removed_backends_are_dropped_and_live_ones_kept() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let yaml = |backends: &str| {
+        format!(
+            "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n\
+             runtime: {{ metrics_idle_timeout: 2s }}\nroutes:\n  - name: all\n    pool: p\n\
+             pools:\n  p:\n    backends: [{backends}]\n"
+        )
+    };
+    let both = format!("{{ address: {} }}, {{ address: {} }}", a.addr, b.addr);
+    let proxy = spawn_proxy(&yaml(&both));
+    for _ in 0..4 {
+        assert_eq!(get(&proxy.url("public", "/")).await.status, 200);
+    }
+    let series = |backend: std::net::SocketAddr| {
+        format!("sandgate_upstream_requests_total{{pool=\"p\",backend=\"{backend}\",code=\"200\"}}")
+    };
+    let m = metrics_text(&proxy).await;
+    assert!(metric(&m, &series(a.addr)).is_some() && metric(&m, &series(b.addr)).is_some());
+    assert!(matches!(
+        proxy.reload(&yaml(&format!("{{ address: {} }}", a.addr))),
+        Reload::Applied(_)
+    ));
+    // Nobody sends a request any more: b's series go idle and are dropped...
+    wait_until_async(|| async { metric(&metrics_text(&proxy).await, &series(b.addr)).is_none() })
+        .await;
+    // ...while a's, just as idle but still configured, are kept.
+    let m = metrics_text(&proxy).await;
+    assert_eq!(metric(&m, &series(a.addr)), Some(2.0), "{m}");
+    assert!(m.contains(&format!(
+        "sandgate_backend_healthy{{pool=\"p\",backend=\"{}\"}}",
+        a.addr
+    )));
+    assert!(
+        !m.contains(&format!("backend=\"{}\"", b.addr)),
+        "every series of b is gone"
+    );
+}

@@ -196,6 +196,11 @@ impl Affinity {
         }
     }
 
+    /// The decision counters, to keep their series alive.
+    pub fn counters(&self) -> &[Counter] {
+        &self.counters
+    }
+
     /// Picks a backend: `(index, cookie to set, decision)`, or None for 503.
     pub fn select(
         &self,

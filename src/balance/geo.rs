@@ -189,6 +189,11 @@ impl Geo {
         )
     }
 
+    /// The decision counters, to keep their series alive.
+    pub fn counters(&self) -> &[Counter] {
+        &self.counters
+    }
+
     /// Picks a backend and says how.
     pub fn decide(&self, env: &Env<'_>, ctx: &PickCtx<'_>) -> Option<(usize, GeoResult)> {
         let region = self.client_region(ctx);

@@ -243,6 +243,20 @@ impl Pool {
         Self::new(cfg, backends)
     }
 
+    /// Marks the pool's metric series (and its backends') as alive.
+    pub fn touch_metrics(&self) {
+        crate::metrics::touch_gauges(&[&self.panic_gauge]);
+        let counters: &[metrics::Counter] = match &self.strategy {
+            Strategy::Basic(_) => &[],
+            Strategy::Affinity(a) => a.counters(),
+            Strategy::Geo(g) => g.counters(),
+        };
+        crate::metrics::touch(&counters.iter().collect::<Vec<_>>());
+        for b in &self.backends {
+            b.state.touch_metrics();
+        }
+    }
+
     /// Re-evaluates panic mode after health changed; logs and exports a change.
     pub fn update_panic(&self) {
         let healthy = self

@@ -41,6 +41,7 @@ pub struct MemoryStore {
     count: Arc<AtomicI64>,
     bytes: Gauge,
     entries: Gauge,
+    evictions: Counter,
 }
 
 impl MemoryStore {
@@ -49,6 +50,7 @@ impl MemoryStore {
         let count = Arc::new(AtomicI64::new(0));
         let evictions: Counter = metrics::counter!(CACHE_EVICTIONS_TOTAL, "tier" => "memory");
         let c = Arc::clone(&count);
+        let ev = evictions.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_size)
             .weigher(|k: &Arc<str>, v: &Arc<Variants>| {
@@ -61,7 +63,7 @@ impl MemoryStore {
                     c.fetch_sub(v.list.len() as i64, Ordering::Relaxed);
                 }
                 if cause.was_evicted() {
-                    evictions.increment(v.list.len() as u64);
+                    ev.increment(v.list.len() as u64);
                 }
             })
             .build();
@@ -70,6 +72,7 @@ impl MemoryStore {
             count,
             bytes: metrics::gauge!(CACHE_BYTES, "tier" => "memory"),
             entries: metrics::gauge!(CACHE_ENTRIES, "tier" => "memory"),
+            evictions,
         }
     }
 
@@ -202,6 +205,7 @@ impl MemoryStore {
         self.cache.run_pending_tasks();
         self.bytes.set(self.bytes() as f64);
         self.entries.set(self.len() as f64);
+        self.evictions.increment(0);
     }
 }
 

@@ -162,6 +162,15 @@ impl Cache {
         self.count(StoreResult::Stored);
     }
 
+    /// Marks the cache's metric series as alive and refreshes its size gauges.
+    pub fn touch_metrics(&self) {
+        self.memory.refresh_gauges();
+        crate::metrics::touch(&self.stores.iter().chain(&self.purges).collect::<Vec<_>>());
+        if let Some(r) = &self.redis {
+            r.touch_metrics();
+        }
+    }
+
     /// Counts what became of a response.
     pub fn count(&self, r: StoreResult) {
         self.stores[r as usize].increment(1);

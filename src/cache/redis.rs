@@ -160,6 +160,13 @@ impl RedisTier {
         Ok(tier)
     }
 
+    /// Marks the tier's metric series as alive.
+    pub fn touch_metrics(&self) {
+        let mut all: Vec<&Counter> = self.errors.iter().collect();
+        all.push(&self.dropped);
+        crate::metrics::touch(&all);
+    }
+
     fn obj_key(&self, url: &str) -> String {
         format!("{}:obj:{url}", self.cfg.key_prefix)
     }

@@ -114,6 +114,8 @@ pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
+    /// Metric series nobody updated for this long are dropped (restart to change).
+    pub metrics_idle_timeout: Duration,
 }
 
 /// `limits`.

@@ -141,6 +141,9 @@ pub struct RawRuntime {
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default)]
     pub shutdown_grace: Option<String>,
+    /// Metric series of removed backends and routes are dropped after this long.
+    #[serde(default)]
+    pub metrics_idle_timeout: Option<String>,
 }
 
 /// `limits`.

@@ -230,6 +230,11 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             raw.runtime.shutdown_grace.as_ref(),
             Duration::from_secs(30),
         ),
+        metrics_idle_timeout: e.positive(
+            "runtime.metrics_idle_timeout",
+            raw.runtime.metrics_idle_timeout.as_ref(),
+            Duration::from_secs(600),
+        ),
     };
 
     // limits
