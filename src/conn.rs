@@ -144,7 +144,13 @@ pub struct TimedIo<S> {
     write_sleep: Pin<Box<Sleep>>,
     /// The 408 being written, and how much of it is out.
     rejecting: Option<(Vec<u8>, usize)>,
+    /// On a connection that ALPN made HTTP/2: how much of the client preface has been seen
+    /// (None once it is complete).
+    preface: Option<usize>,
 }
+
+/// GOAWAY(last stream 0, PROTOCOL_ERROR), for a client whose HTTP/2 preface is wrong.
+const GOAWAY_PROTOCOL_ERROR: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 impl<S> TimedIo<S> {
     /// Wraps the stream of a connection accepted now; `h2` when ALPN chose HTTP/2.
@@ -161,14 +167,20 @@ impl<S> TimedIo<S> {
             stalled: None,
             write_sleep: Box::pin(tokio::time::sleep_until(now + timers.send)),
             rejecting: None,
+            preface: h2.then_some(0),
         }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
-    /// Writes the 408 (best effort) and ends reading: hyper sees the connection close.
+    /// Writes the 408 (or, on HTTP/2, a GOAWAY; best effort) and ends reading: hyper sees
+    /// the connection close.
     fn reject(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let h2 = self.h2;
         let (out, sent) = self.rejecting.get_or_insert_with(|| {
+            if h2 {
+                return (GOAWAY_PROTOCOL_ERROR.to_vec(), 0);
+            }
             let e = ProxyError::ClientTimeout("the request head took too long");
             (e.raw_http1(&headers::new_request_id()), 0)
         });
@@ -239,6 +251,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
         match r {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
+                if let Some(seen) = this.preface {
+                    // ALPN chose HTTP/2: anything but its preface is a protocol error.
+                    let n = got.len().min(H2_PREFACE.len() - seen);
+                    if got[..n] != H2_PREFACE[seen..seen + n] {
+                        buf.set_filled(before);
+                        tracing::debug!("bad HTTP/2 preface: GOAWAY and close");
+                        return this.reject(cx);
+                    }
+                    this.preface = (seen + n < H2_PREFACE.len()).then_some(seen + n);
+                }
                 if !this.sniffed && !got.is_empty() {
                     this.sniffed = true;
                     let n = got.len().min(H2_PREFACE.len());
@@ -419,6 +441,26 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), H2_PREFACE.len());
         let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
         assert!(waited.is_err(), "HTTP/2 has no head timer");
+    }
+
+    #[tokio::test]
+    async fn a_bad_http2_preface_gets_goaway() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut io = TimedIo::new(server, ConnState::new(), timers(), true);
+        let (mut c_read, mut c_write) = tokio::io::split(client);
+        c_write.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 16, "a good start passes");
+        c_write.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(
+            io.read(&mut buf).await.unwrap(),
+            0,
+            "then the connection ends"
+        );
+        drop(io);
+        let mut out = Vec::new();
+        c_read.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, GOAWAY_PROTOCOL_ERROR);
     }
 
     #[tokio::test(start_paused = true)]

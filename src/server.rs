@@ -146,7 +146,7 @@ async fn connection(
     match tls {
         None => {
             let io = TimedIo::new(stream, Arc::clone(&state), timers, false);
-            serve_http(io, ctx, &http, state, timers, shutdown).await
+            serve_http(io, ctx, &http, false, state, timers, shutdown).await
         }
         Some(acceptor) => {
             ctx.conn.tls = true;
@@ -156,7 +156,7 @@ async fn connection(
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = TimedIo::new(tls_stream, Arc::clone(&state), timers, h2);
                     let builder = if h2 { &http2 } else { &http };
-                    serve_http(io, ctx, builder, state, timers, shutdown).await
+                    serve_http(io, ctx, builder, h2, state, timers, shutdown).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %ctx.conn.peer, error = %e, "TLS handshake failed")
@@ -164,6 +164,21 @@ async fn connection(
                 Err(_) => tracing::debug!(peer = %ctx.conn.peer, "TLS handshake timed out"),
             }
         }
+    }
+}
+
+impl<I, S, E> Graceful for hyper_util::server::conn::auto::Connection<'_, I, S, E>
+where
+    Self: std::future::Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -187,6 +202,7 @@ async fn serve_http<S>(
     stream: S,
     ctx: ConnCtx,
     http: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    h2: bool,
     state: Arc<ConnState>,
     timers: conn::Timers,
     shutdown: CancellationToken,
@@ -204,9 +220,18 @@ async fn serve_http<S>(
             Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, inflight)))
         }
     });
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    if let Err(e) = conn::watch(conn, &state, timers.keepalive, &shutdown).await {
+    let result = if h2 {
+        // ALPN chose HTTP/2: only the plain connection honours the builder's HTTP/2-only
+        // setting, and HTTP/2 has no HTTP/1 upgrades anyway.
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+        conn::watch(conn, &state, timers.keepalive, &shutdown).await
+    } else {
+        let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+        conn::watch(conn, &state, timers.keepalive, &shutdown).await
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

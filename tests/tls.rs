@@ -148,3 +148,55 @@ fn missing_tls_files_are_reported_by_check() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn alpn_h2_is_served_as_http2_only_and_a_bad_preface_gets_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), &["api.test"]);
+    let b = named_backend("x").await;
+    let yaml = format!(
+        "listeners:\n  - name: tls\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n\
+         \x20       - {{ cert: api.test.pem, key: api.test.key }}\n\
+         routes: [{{ name: all, pool: p }}]\npools:\n  p: {{ backends: [{{ address: {} }}] }}\n",
+        b.addr
+    );
+    let proxy = spawn_proxy_in(dir, &yaml);
+    let tcp = tokio::net::TcpStream::connect(proxy.listeners["tls"])
+        .await
+        .unwrap();
+    let mut tls = connector(&pki.ca, &[b"h2"])
+        .connect(ServerName::try_from("api.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // HTTP/1.1 on a connection that chose h2: not answered as HTTP/1.1.
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(
+        !out.starts_with(b"HTTP/1.1"),
+        "answered as HTTP/1.1: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // The server speaks HTTP/2 frames: its SETTINGS, then GOAWAY (type 7) with PROTOCOL_ERROR.
+    let mut frames = Vec::new();
+    let mut rest = &out[..];
+    while rest.len() >= 9 {
+        let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+        frames.push((
+            rest[3],
+            rest.get(9..9 + len).map(<[u8]>::to_vec).unwrap_or_default(),
+        ));
+        rest = rest.get(9 + len..).unwrap_or_default();
+    }
+    let goaway = frames
+        .iter()
+        .find(|(t, _)| *t == 7)
+        .unwrap_or_else(|| panic!("a GOAWAY frame: {out:?}"));
+    assert_eq!(&goaway.1[4..8], &[0, 0, 0, 1], "PROTOCOL_ERROR");
+    assert_eq!(b.hits(), 0);
+}
