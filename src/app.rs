@@ -88,6 +88,7 @@ pub async fn run(
                             state.load().touch_metrics();
                             services.cache.touch_metrics();
                             shed.touch_metrics();
+                            services.upstreams.reap();
                             handle.run_upkeep();
                         }
                     }

@@ -7,11 +7,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::admission::Slot;
 use crate::cache::fill::FillBody;
 use crate::limit::InflightSlot;
+use crate::upstream::Pooled;
 
 /// Errors a response body can end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,8 +20,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ProxyBody {
     /// Streamed from a backend.
     Upstream {
-        /// The backend's body.
-        body: Incoming,
+        /// The backend's body (its connection goes back to the pool at the end).
+        body: Pooled,
         /// The backend's in-flight slot, released when this body is dropped.
         slot: Slot,
         /// The global in-flight count, released with it.

@@ -29,7 +29,7 @@ use crate::metrics::{
 };
 use crate::router::Router;
 use crate::tls;
-use crate::upstream::{UpstreamClient, Upstreams};
+use crate::upstream::{BackendConns, PoolSettings, Upstreams};
 
 /// The shared, atomically swapped snapshot.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -94,8 +94,8 @@ pub struct PoolEntry {
     pub budget_exhausted: metrics::Counter,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
-    /// Pooled client.
-    pub client: UpstreamClient,
+    /// Keep-alive connection pools, by backend index.
+    pub conns: Vec<Arc<BackendConns>>,
 }
 
 /// Requests and retries in flight in one pool.
@@ -282,13 +282,24 @@ impl Snapshot {
                 ),
                 budget_exhausted: metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "pool" => pc.name.clone()),
                 timeouts: pc.timeouts,
-                client: upstreams.client_for(&pc.timeouts, pc.max_idle_per_backend),
+                conns: pc
+                    .backends
+                    .iter()
+                    .map(|bc| {
+                        let settings = PoolSettings {
+                            connect: pc.timeouts.connect,
+                            idle: pc.timeouts.idle,
+                            max_idle: pc.max_idle_per_backend,
+                        };
+                        upstreams.conns_for(&pc.name, bc.address, settings)
+                    })
+                    .collect(),
             });
         }
         upstreams.retain(
             &cfg.pools
                 .iter()
-                .map(|p| (p.timeouts, p.max_idle_per_backend))
+                .flat_map(|p| p.backends.iter().map(|b| (p.name.as_str(), b.address)))
                 .collect::<Vec<_>>(),
         );
 

@@ -41,6 +41,7 @@ impl Admin {
                     .enumerate()
                     .map(|(i, b)| {
                         let (breaker, breaker_reason) = b.state.breaker_view(now);
+                        let (opened, reused) = p.conns.get(i).map_or((0, 0), |c| c.stats());
                         let healthy = b.state.is_healthy();
                         let out = if !healthy {
                             Some(format!(
@@ -62,6 +63,11 @@ impl Admin {
                             "out": out,
                             // Health as checked, panic mode aside.
                             "usable": b.has_slot() && b.can_serve(now, false),
+                            "connections_opened": opened,
+                            "requests_reused": reused,
+                            "reuse_ratio": (opened + reused > 0).then(|| {
+                                (reused as f64 / (opened + reused) as f64 * 1000.0).round() / 1000.0
+                            }),
                         })
                     })
                     .collect();

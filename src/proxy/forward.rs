@@ -13,14 +13,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::admission::Slot;
-use crate::backend::Backend;
 use crate::config::{Outcome, RetryConfig};
 use crate::error::ProxyError;
 use crate::headers;
@@ -30,7 +29,7 @@ use crate::proxy::record::{self, Recorded};
 use crate::proxy::route::Routed;
 use crate::reqbody::{ClientBody, ClientBodyError, Sent};
 use crate::state::{PoolEntry, Snapshot};
-use crate::upstream::{client_body_error, UpstreamBody};
+use crate::upstream::{client_body_error, Pooled, UpstreamBody};
 
 /// GET, HEAD, OPTIONS, PUT, DELETE and TRACE may be sent twice.
 fn idempotent(m: &Method) -> bool {
@@ -87,7 +86,7 @@ pub struct Outgoing {
 /// A response head from a backend, with what its body needs.
 pub struct Fetched {
     /// The response, hop-by-hop headers removed; its body still streams.
-    pub resp: Response<Incoming>,
+    pub resp: Response<Pooled>,
     /// The backend's in-flight slot, held until the body ends.
     pub slot: Slot,
     /// A sticky cookie the strategy wants set.
@@ -214,20 +213,19 @@ pub async fn fetch(
         } else {
             std::mem::replace(&mut out.head, Request::new(()).into_parts().0)
         };
-        head.uri = upstream_uri(backend, &out.path)
-            .ok_or(ProxyError::BadRequest("invalid request target"))?;
+        // Origin-form on the wire; a request that came without Host gets the backend's.
+        head.uri = Uri::from(out.path.clone());
+        if !head.headers.contains_key(header::HOST) {
+            if let Ok(h) = HeaderValue::from_str(backend.authority.as_str()) {
+                head.headers.insert(header::HOST, h);
+            }
+        }
         let timeout = retry
             .and_then(|r| r.per_try_timeout)
             .unwrap_or(entry.timeouts.response_header);
         let sent_at = Instant::now();
-        let result = entry
-            .client
-            .send(
-                Request::from_parts(head, body),
-                timeout,
-                &sent,
-                backend.authority.as_str(),
-            )
+        let result = entry.conns[admitted.index]
+            .send(Request::from_parts(head, body), timeout, &sent)
             .await;
 
         let outcome = match record::outcome(&backend.state, admitted.permit, &result, sent_at) {
@@ -322,10 +320,3 @@ pub fn clone_head(p: &Parts) -> Parts {
     head
 }
 
-fn upstream_uri(backend: &Backend, path: &PathAndQuery) -> Option<Uri> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(path.clone());
-    Uri::from_parts(uri).ok()
-}

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use http::Response;
-use hyper::body::Incoming;
 
 use crate::backend::{BackendState, BreakerPermit};
 use crate::config::Outcome;
@@ -30,7 +29,7 @@ fn client_fault(e: &ProxyError) -> bool {
 pub fn outcome(
     state: &BackendState,
     permit: Option<BreakerPermit>,
-    result: &Result<Response<Incoming>, ProxyError>,
+    result: &Result<Response<crate::upstream::Pooled>, ProxyError>,
     sent: Instant,
 ) -> Recorded {
     state.upstream_duration.record(sent.elapsed().as_secs_f64());
