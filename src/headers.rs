@@ -17,9 +17,26 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// The value sandgate adds to `Via`.
 pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 sandgate");
 
+/// Whether `n` is one of the fixed hop-by-hop headers of RFC 9110 section 7.6.1.
+fn hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
+        || *n == header::PROXY_AUTHENTICATE
+        || *n == header::PROXY_AUTHORIZATION
+        || *n == header::TE
+        || *n == header::TRAILER
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::UPGRADE
+}
+
 /// Removes hop-by-hop headers: the fixed set of RFC 9110 section 7.6.1 and any header named in
-/// `Connection`.
+/// `Connection`. One pass over the names finds out whether there is anything to remove, so
+/// the common case (nothing) does no lookup.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(hop_by_hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)

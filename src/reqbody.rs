@@ -29,11 +29,15 @@ pub struct Sent {
 }
 
 impl Sent {
-    /// A signal already set (no body, or a buffered one).
+    /// A signal already set (no body, or a buffered one); one shared value, so a request
+    /// without a streamed body allocates none.
     pub fn already() -> Arc<Self> {
-        let s = Arc::new(Self::default());
-        s.mark();
-        s
+        static DONE: std::sync::OnceLock<Arc<Sent>> = std::sync::OnceLock::new();
+        Arc::clone(DONE.get_or_init(|| {
+            let s = Arc::new(Sent::default());
+            s.mark();
+            s
+        }))
     }
 
     /// Marks the body as sent.

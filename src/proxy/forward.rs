@@ -107,7 +107,9 @@ pub async fn prepare(
     let max_body = snap.limits.max_request_body;
     let entry = snap.pools.get(routed.pool).ok_or(ProxyError::NoRoute)?;
     let body = match body {
+        // No body (a GET, say): nothing to time or limit.
         None => ReqBody::empty(),
+        Some(body) if body.is_end_stream() => ReqBody::empty(),
         Some(body) => {
             let declared = body.size_hint().exact();
             if body.size_hint().lower() > max_body {
@@ -319,4 +321,3 @@ pub fn clone_head(p: &Parts) -> Parts {
     head.headers = p.headers.clone();
     head
 }
-
