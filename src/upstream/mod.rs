@@ -35,12 +35,15 @@ pub struct PoolSettings {
     pub max_idle: usize,
 }
 
+/// A backend's identity among the pools: pool name and address.
+type BackendKey = (Arc<str>, SocketAddr);
+
 /// The pools of every backend, by pool name and address; consulted when a snapshot is built.
 #[derive(Default)]
 pub struct Upstreams {
     // std Mutex: held for map operations during snapshot builds and upkeep only, never per
     // request and never across an await.
-    pools: Mutex<HashMap<(Arc<str>, SocketAddr), Arc<BackendConns>>>,
+    pools: Mutex<HashMap<BackendKey, Arc<BackendConns>>>,
 }
 
 impl Upstreams {
