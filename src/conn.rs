@@ -15,21 +15,23 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
 use crate::headers;
+use crate::keepalive::{Framing, Readable};
+use tokio_util::sync::CancellationToken;
 
 /// The HTTP/2 connection preface; a plain connection starting with it is HTTP/2.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The timers of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +51,12 @@ pub struct ConnState {
     requests: AtomicU64,
     /// Milliseconds after `born` when the connection last became idle.
     idle_since: AtomicU64,
+    /// The body length the last request announced (`u64::MAX`: unknown, as with chunked).
+    body_len: AtomicU64,
+    /// A response switched protocols: the connection is no longer HTTP/1.
+    upgraded: AtomicBool,
+    /// How many times hyper gave the idle connection back ([`crate::keepalive`]).
+    parks: AtomicU64,
 }
 
 impl ConnState {
@@ -59,6 +67,9 @@ impl ConnState {
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            body_len: AtomicU64::new(u64::MAX),
+            upgraded: AtomicBool::new(false),
+            parks: AtomicU64::new(0),
         })
     }
 
@@ -73,6 +84,22 @@ impl ConnState {
         InFlight(Arc::clone(self))
     }
 
+    /// Notes the body length the request about to be counted announced (None: unknown).
+    pub fn note_body(&self, len: Option<u64>) {
+        self.body_len
+            .store(len.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How many times the idle connection was parked.
+    pub fn parks(&self) -> u64 {
+        self.parks.load(Ordering::Relaxed)
+    }
+
+    /// When an idle connection's keep-alive time runs out (from now, if it is busy).
+    pub fn idle_deadline(&self, keepalive: Duration) -> Instant {
+        self.idle_since().unwrap_or_else(Instant::now) + keepalive
+    }
+
     /// When the connection became idle, if it is.
     fn idle_since(&self) -> Option<Instant> {
         (self.inflight.load(Ordering::Relaxed) == 0)
@@ -82,6 +109,13 @@ impl ConnState {
 
 /// One request in flight on its connection; dropped with the response body.
 pub struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    /// The response switches protocols (`101`): what follows on the connection is not HTTP/1.
+    pub fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -134,14 +168,23 @@ pub struct TimedIo<S> {
     timers: Timers,
     /// HTTP/2: no request heads to time (known from ALPN, or from the preface).
     h2: bool,
-    /// Whether the first bytes were looked at for the HTTP/2 preface.
-    sniffed: bool,
+    /// Bytes read before hyper took the connection (the preface sniff), handed to it first.
+    replay: Bytes,
+    /// HTTP/1 on a plain socket: what hyper was handed since its connection started, to
+    /// tell when it holds nothing unread (see [`crate::keepalive`]).
+    framing: Option<Framing>,
+    /// An idle connection was taken from hyper: reads end and shutdown is skipped, so hyper
+    /// finishes and hands the socket back.
+    parked: bool,
+    /// When `read_sleep` is set to look at parking again (None: it is not).
+    park_at: Option<Instant>,
     /// When the request head being read started, and the request count then.
     head: Option<(Instant, u64)>,
     read_sleep: Pin<Box<Sleep>>,
     /// Since when writing has made no progress.
     stalled: Option<Instant>,
-    write_sleep: Pin<Box<Sleep>>,
+    /// Made at the first write that cannot go out at once.
+    write_sleep: Option<Pin<Box<Sleep>>>,
     /// The 408 being written, and how much of it is out.
     rejecting: Option<(Vec<u8>, usize)>,
     /// On a connection that ALPN made HTTP/2: how much of the client preface has been seen
@@ -149,26 +192,148 @@ pub struct TimedIo<S> {
     preface: Option<usize>,
 }
 
+/// How long an HTTP/1 keep-alive connection is idle before hyper gives it back, with its
+/// buffers ([`crate::keepalive`]).
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// GOAWAY(last stream 0, PROTOCOL_ERROR), for a client whose HTTP/2 preface is wrong.
 const GOAWAY_PROTOCOL_ERROR: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 impl<S> TimedIo<S> {
-    /// Wraps the stream of a connection accepted now; `h2` when ALPN chose HTTP/2.
+    /// Wraps the stream of the connection `state` describes; `h2` when it speaks HTTP/2.
+    /// The first head's timer runs from accept.
     pub fn new(inner: S, state: Arc<ConnState>, timers: Timers, h2: bool) -> Self {
         let now = Instant::now();
+        let born = state.born;
         Self {
             inner,
             state,
             timers,
             h2,
-            sniffed: h2,
-            head: Some((now, 0)),
+            replay: Bytes::new(),
+            framing: None,
+            parked: false,
+            park_at: None,
+            head: Some((born, 0)),
             read_sleep: Box::pin(tokio::time::sleep_until(now + timers.header_read)),
             stalled: None,
-            write_sleep: Box::pin(tokio::time::sleep_until(now + timers.send)),
+            write_sleep: None,
             rejecting: None,
-            preface: h2.then_some(0),
+            preface: None,
         }
+    }
+
+    /// The same on a TLS connection whose ALPN chose HTTP/2: a bad client preface gets a
+    /// GOAWAY.
+    pub fn alpn_h2(mut self) -> Self {
+        self.preface = Some(0);
+        self
+    }
+
+    /// Hands `bytes`, already read from the socket, to the reader first.
+    pub fn with_replay(mut self, bytes: Bytes) -> Self {
+        self.replay = bytes;
+        self
+    }
+
+    /// Lets hyper give the connection back while it is idle (plain HTTP/1 only).
+    pub fn parkable(mut self) -> Self {
+        self.framing = Some(Framing::new(self.state.requests.load(Ordering::Relaxed)));
+        self
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Whether hyper was told the connection ended so that it gives the socket back.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Takes the connection back from a finished hyper connection: its next reads are real
+    /// again, with `unread` (what hyper had read and not used) first. True when there is
+    /// such a rest.
+    pub fn unpark(&mut self, unread: Bytes) -> bool {
+        self.parked = false;
+        // An empty rest may still hold hyper's whole read buffer: let it go.
+        self.replay = if unread.is_empty() {
+            Bytes::new()
+        } else {
+            unread
+        };
+        if let Some(f) = &mut self.framing {
+            *f = Framing::new(self.state.requests.load(Ordering::Relaxed));
+        }
+        !self.replay.is_empty()
+    }
+
+    /// Between requests on a parkable connection: once it has been idle for [`PARK_AFTER`]
+    /// and hyper holds nothing unread, hyper is told the connection ended (it finishes
+    /// without closing the socket, and frees its buffers). Until then a timer brings hyper
+    /// back here; it is set at most once per [`PARK_AFTER`], so a busy connection pays one
+    /// extra poll per period, not one per request.
+    fn poll_park(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let now = Instant::now();
+        let idle = self.state.idle_since();
+        if idle.is_some_and(|t| now >= t + PARK_AFTER) && self.may_park() {
+            self.parked = true;
+            self.park_at = None;
+            self.state.parks.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        if self.park_at.is_none_or(|t| now >= t) {
+            let at = match idle {
+                Some(t) if t + PARK_AFTER > now => t + PARK_AFTER,
+                _ => now + PARK_AFTER,
+            };
+            self.read_sleep.as_mut().reset(at);
+            self.park_at = Some(at);
+        }
+        if self.read_sleep.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    /// Whether hyper can be told the connection ended: nothing is in flight or unwritten, and
+    /// hyper read exactly one request with no body past what it announced.
+    fn may_park(&self) -> bool {
+        let s = &self.state;
+        self.framing.as_ref().is_some_and(|f| {
+            f.clean(
+                s.requests.load(Ordering::Relaxed),
+                s.body_len.load(Ordering::Relaxed),
+            )
+        }) && s.inflight.load(Ordering::Relaxed) == 0
+            && !s.upgraded.load(Ordering::Relaxed)
+            && self.stalled.is_none()
+            && self.replay.is_empty()
+    }
+}
+
+impl<S: Readable> TimedIo<S> {
+    /// Waits, holding no buffer, until the parked connection is readable (true), or until
+    /// `deadline` (its keep-alive time) or `shutdown` comes (false).
+    pub async fn wait_readable(&mut self, deadline: Instant, shutdown: &CancellationToken) -> bool {
+        self.read_sleep.as_mut().reset(deadline);
+        self.park_at = None;
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        std::future::poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            if let Poll::Ready(r) = self.inner.poll_read_ready(cx) {
+                return Poll::Ready(r.is_ok());
+            }
+            if self.read_sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -217,8 +382,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
                         "the client read nothing of its response within send_timeout",
                     )));
                 }
-                self.write_sleep.as_mut().reset(deadline);
-                if self.write_sleep.as_mut().poll(cx).is_ready() {
+                let sleep = match &mut self.write_sleep {
+                    Some(s) => {
+                        s.as_mut().reset(deadline);
+                        s
+                    }
+                    None => self
+                        .write_sleep
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                if sleep.as_mut().poll(cx).is_ready() {
                     cx.waker().wake_by_ref();
                 }
                 Poll::Pending
@@ -238,11 +411,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.rejecting.is_some() {
+        if this.rejecting.is_some() || this.parked {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let r = if this.replay.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            Poll::Ready(Ok(()))
+        };
         let requests = this.state.requests.load(Ordering::Relaxed);
         if this.head.is_some_and(|(_, seen)| seen != requests) {
             // The head was complete: hyper handed the request to the service.
@@ -261,10 +441,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                     }
                     this.preface = (seen + n < H2_PREFACE.len()).then_some(seen + n);
                 }
-                if !this.sniffed && !got.is_empty() {
-                    this.sniffed = true;
-                    let n = got.len().min(H2_PREFACE.len());
-                    this.h2 = got[..n] == H2_PREFACE[..n];
+                if let Some(f) = &mut this.framing {
+                    f.saw(got);
                 }
                 let idle = this.state.inflight.load(Ordering::Relaxed) == 0;
                 if !got.is_empty() && !this.h2 && idle && this.head.is_none() {
@@ -272,10 +450,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                 }
                 Poll::Ready(Ok(()))
             }
+            Poll::Pending
+                if this.head.is_none()
+                    && this
+                        .framing
+                        .as_ref()
+                        .is_some_and(|f| f.may_be_clean(requests)) =>
+            {
+                this.poll_park(cx)
+            }
             Poll::Pending if !this.h2 => {
                 let idle = this.state.inflight.load(Ordering::Relaxed) == 0;
                 match this.head {
                     Some((since, _)) if idle => {
+                        this.park_at = None;
                         let deadline = since + this.timers.header_read;
                         if Instant::now() >= deadline {
                             return this.reject(cx);
@@ -326,6 +514,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // hyper is done with an idle connection that stays open.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -435,7 +627,7 @@ mod tests {
         );
 
         let (mut client, server) = tokio::io::duplex(1024);
-        let mut io = TimedIo::new(server, ConnState::new(), timers(), false);
+        let mut io = TimedIo::new(server, ConnState::new(), timers(), true);
         client.write_all(H2_PREFACE).await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(io.read(&mut buf).await.unwrap(), H2_PREFACE.len());
@@ -446,7 +638,7 @@ mod tests {
     #[tokio::test]
     async fn a_bad_http2_preface_gets_goaway() {
         let (client, server) = tokio::io::duplex(1024);
-        let mut io = TimedIo::new(server, ConnState::new(), timers(), true);
+        let mut io = TimedIo::new(server, ConnState::new(), timers(), true).alpn_h2();
         let (mut c_read, mut c_write) = tokio::io::split(client);
         c_write.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
         let mut buf = [0u8; 64];

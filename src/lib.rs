@@ -35,6 +35,7 @@ pub mod demo;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod keepalive;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;

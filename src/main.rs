@@ -119,6 +119,9 @@ fn serve(loaded: config::Loaded, path: PathBuf) -> ExitCode {
     }
 }
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

@@ -5,7 +5,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
+use http_body::Body;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -16,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::conn::{self, ConnState, Graceful, TimedIo, Tracked};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::keepalive;
 use crate::limit::{ConnSlot, Shedder};
 use crate::metrics::CONNECTIONS_OPEN;
 use crate::proxy::{self, ConnCtx, ConnInfo};
@@ -141,30 +146,120 @@ async fn connection(
     let tls = snap
         .listener(&ctx.conn.listener)
         .and_then(|l| l.tls.clone());
-    let (http, http2) = (Arc::clone(&snap.http), Arc::clone(&snap.http2));
+    let protocols = Protocols {
+        http1: Arc::clone(&snap.http1),
+        http2: Arc::clone(&snap.http2),
+    };
     drop(snap);
-    match tls {
-        None => {
-            let io = TimedIo::new(stream, Arc::clone(&state), timers, false);
-            serve_http(io, ctx, &http, false, state, timers, shutdown).await
+    let peer = ctx.conn.peer;
+    ctx.conn.tls = tls.is_some();
+    // Each request goes through the proxy pipeline, counted in flight on the connection
+    // until its response body is dropped.
+    let ctx = Arc::new(ctx);
+    let st = Arc::clone(&state);
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let ctx = Arc::clone(&ctx);
+        st.note_body(req.body().size_hint().exact());
+        let inflight = st.request();
+        async move {
+            let resp = proxy::handle(&ctx, req).await;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                inflight.upgraded();
+            }
+            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, inflight)))
         }
-        Some(acceptor) => {
-            ctx.conn.tls = true;
-            match tokio::time::timeout(timers.header_read, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    // ALPN chose HTTP/2: serve HTTP/2 only, so a bad preface gets a GOAWAY.
-                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = TimedIo::new(tls_stream, Arc::clone(&state), timers, h2);
-                    let builder = if h2 { &http2 } else { &http };
-                    serve_http(io, ctx, builder, h2, state, timers, shutdown).await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %ctx.conn.peer, error = %e, "TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(peer = %ctx.conn.peer, "TLS handshake timed out"),
+    });
+    let result = match tls {
+        None => {
+            // HTTP/2 with prior knowledge, or HTTP/1: the first bytes tell.
+            let head_deadline = tokio::time::Instant::now() + timers.header_read;
+            let (h2, first) = match Box::pin(keepalive::sniff(&stream, head_deadline)).await {
+                Ok(Some(x)) => x,
+                Ok(None) => return,
+                Err(e) => return tracing::debug!(%peer, error = %e, "connection read failed"),
+            };
+            let io = TimedIo::new(stream, Arc::clone(&state), timers, h2).with_replay(first);
+            if h2 {
+                Box::pin(serve_h2(
+                    io,
+                    svc,
+                    &protocols.http2,
+                    &state,
+                    timers,
+                    &shutdown,
+                ))
+                .await
+            } else {
+                let io = Box::new(io.parkable());
+                keepalive::serve_h1(io, svc, &protocols.http1, &state, timers, &shutdown)
+                    .await
+                    .map_err(Into::into)
             }
         }
+        // Boxed, as the HTTP/2 one: the TLS and HTTP/2 states do not weigh on every plain
+        // HTTP/1 connection.
+        Some(acceptor) => {
+            let tls = tls_connection(stream, acceptor, svc, protocols, &state, timers, &shutdown);
+            match Box::pin(tls).await {
+                Some(served) => served,
+                None => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Handshakes and serves a TLS connection; None when the handshake failed.
+async fn tls_connection<S, B>(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    svc: S,
+    protocols: Protocols,
+    state: &Arc<ConnState>,
+    timers: conn::Timers,
+    shutdown: &CancellationToken,
+) -> Option<Result<(), BoxError>>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let peer = stream.peer_addr().ok();
+    let tls_stream = match tokio::time::timeout(timers.header_read, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    // ALPN chose HTTP/2: serve HTTP/2 only, so a bad preface gets a GOAWAY.
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TimedIo::new(tls_stream, Arc::clone(state), timers, h2);
+    Some(if h2 {
+        serve_h2(io.alpn_h2(), svc, &protocols.http2, state, timers, shutdown).await
+    } else {
+        keepalive::serve_h1(Box::new(io), svc, &protocols.http1, state, timers, shutdown)
+            .await
+            .map_err(Into::into)
+    })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The connection builders of the snapshot a connection was accepted under.
+struct Protocols {
+    http1: Arc<hyper::server::conn::http1::Builder>,
+    http2: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
 }
 
 impl<I, S, E> Graceful for hyper_util::server::conn::auto::Connection<'_, I, S, E>
@@ -182,56 +277,26 @@ where
     }
 }
 
-impl<I, S, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
-where
-    Self: std::future::Future,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Future: 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: http_body::Body + Send + 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn shut_down(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-async fn serve_http<S>(
-    stream: S,
-    ctx: ConnCtx,
-    http: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    h2: bool,
-    state: Arc<ConnState>,
+async fn serve_h2<T, S, B>(
+    io: TimedIo<T>,
+    svc: S,
+    http2: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    state: &ConnState,
     timers: conn::Timers,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    shutdown: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let peer = ctx.conn.peer;
-    let ctx = Arc::new(ctx);
-    let st = Arc::clone(&state);
-    let svc = service_fn(move |req| {
-        let ctx = Arc::clone(&ctx);
-        let inflight = st.request();
-        async move {
-            let resp = proxy::handle(&ctx, req).await;
-            Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, inflight)))
-        }
-    });
-    let result = if h2 {
-        // ALPN chose HTTP/2: only the plain connection honours the builder's HTTP/2-only
-        // setting, and HTTP/2 has no HTTP/1 upgrades anyway.
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
-        tokio::pin!(conn);
-        conn::watch(conn, &state, timers.keepalive, &shutdown).await
-    } else {
-        let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        tokio::pin!(conn);
-        conn::watch(conn, &state, timers.keepalive, &shutdown).await
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
+    // Only the plain auto connection honours its HTTP/2-only setting, and HTTP/2 has no
+    // HTTP/1 upgrades anyway.
+    let conn = http2.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    conn::watch(conn, state, timers.keepalive, shutdown).await
 }

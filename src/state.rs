@@ -145,9 +145,9 @@ pub struct Snapshot {
     pub pools: Vec<PoolEntry>,
     /// Client-side limits.
     pub limits: LimitsConfig,
-    /// HTTP/1 + HTTP/2 connection settings derived from `limits`.
-    pub http: Arc<auto::Builder<TokioExecutor>>,
-    /// The same, HTTP/2 only (TLS connections whose ALPN chose `h2`).
+    /// HTTP/1 connection settings derived from `limits`.
+    pub http1: Arc<hyper::server::conn::http1::Builder>,
+    /// HTTP/2 connection settings (prior knowledge on plain listeners, ALPN `h2` on TLS).
     pub http2: Arc<auto::Builder<TokioExecutor>>,
     /// Listeners.
     pub listeners: Vec<ListenerEntry>,
@@ -165,14 +165,18 @@ pub struct Snapshot {
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
-fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
     // The head and idle timers are sandgate's own (`conn`): hyper's header timer would also
     // cut keep-alive connections waiting for their next request.
-    b.http1()
-        .timer(TokioTimer::new())
+    b.timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes);
+    b
+}
+
+fn http2_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new()).http2_only();
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
@@ -341,8 +345,8 @@ impl Snapshot {
             rate_limits,
             pools,
             limits: cfg.limits.clone(),
-            http: Arc::new(http_builder(&cfg.limits)),
-            http2: Arc::new(http_builder(&cfg.limits).http2_only()),
+            http1: Arc::new(http1_builder(&cfg.limits)),
+            http2: Arc::new(http2_builder(&cfg.limits)),
             listeners,
             runtime: RuntimeConfig {
                 // Threads are fixed when the runtime starts; the grace period applies live.
