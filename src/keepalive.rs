@@ -223,3 +223,7 @@ where
         }
     }
 }
+
+#[cfg(test)]
+#[path = "keepalive_tests.rs"]
+mod tests;

@@ -77,8 +77,9 @@ async fn idle_keepalive_connections_have_their_own_timer() {
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    // Idle for longer than the head timeout: still open, and it serves the next request.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Idle for longer than the head timeout, and long enough to be parked (1 s): still open,
+    // and it serves the next request.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     s.write_all(req).await.unwrap();
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
