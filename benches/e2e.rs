@@ -1,123 +1,456 @@
-//! End-to-end load benchmark: `cargo bench --bench e2e`.
+//! End-to-end benchmark against nginx and HAProxy: `cargo bench --bench e2e`.
 //!
-//! Keep-alive HTTP/1.1 GETs with a small body over two backends, measured four ways with the
-//! same load generator, the same backends and one worker each: direct to one backend, through
-//! sandgate, through nginx and through HAProxy (the last two when installed; skipped with a
-//! message otherwise). Prints req/s, p50, p99 and CPU time per request of the proxy process,
-//! and the ratios. Backends and the load generator run as separate processes (this binary
-//! re-executed with SANDGATE_BENCH_ROLE), so they do not share a runtime with anything.
+//! Every proxy runs one worker pinned to CPU 0 in front of the same origin (nginx when
+//! installed, else a built-in backend), with the origin and the load generators (wrk,
+//! h2load, and this binary's own roles) pinned to CPU 1. Each scenario measures every
+//! proxy in the same run, rounds interleaved, and reports the median round. CPU µs per
+//! request is the proxy process's own user+system time divided by the requests it served.
 //!
-//! Knobs: SANDGATE_BENCH_SECS (default 5), SANDGATE_BENCH_CONNS (default 32).
+//! Scenarios: small body at 50 and 1000 connections, 64 KiB body, h2c (10 connections × 10
+//! streams), p99 at a fixed 5k req/s, a stress ramp, a spike of 5,000 connections, RSS per
+//! idle keep-alive connection and after they close, and sandgate's access log on and off.
+//! Proxies or tools that are not installed are skipped with a message.
+//!
+//! Knobs: SANDGATE_BENCH_SECS (default 5), SANDGATE_BENCH_ROUNDS (default 3),
+//! SANDGATE_BENCH_IDLE (idle connections, default 5000).
 
+use std::io::Write;
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
 mod support;
 
-use support::load::{
-    env_u64, nginx_args, nginx_conf, print_table, run_load, start_external, Measured,
-};
-use support::{free_port, spawn_backend, spawn_sandgate, BODY};
+use support::load::{env_u64, which};
+use support::tools::{self, limited, rss_kib, run_tool, Run, BIG_PATH, SMALL_PATH};
+use support::{free_port, read_line, spawn_backend_with, spawn_role, wait_port, Proc};
 
 fn main() {
     support::main_with_load(orchestrate);
 }
 
-/// Measures an installed proxy, if it starts.
-fn external(
+/// A measured target: its HTTP/1.1 port, its h2c port, and its process.
+struct Target {
     name: &'static str,
-    conf_name: &str,
-    conf: &dyn Fn(u16) -> String,
-    args: &dyn Fn(&Path) -> Vec<String>,
-    dir: &Path,
-) -> Option<Measured> {
-    let (proc, port) = start_external(name, conf_name, conf, args, dir, None)?;
-    Some(run_load(name, port, "/bench", &[proc.0.id()], None))
+    port: u16,
+    h2_port: Option<u16>,
+    pid: Option<u32>,
+    _proc: Option<Proc>,
+}
+
+fn start(
+    name: &'static str,
+    bin: &str,
+    args: &[String],
+    ports: (u16, Option<u16>),
+) -> Option<Target> {
+    let proc = Proc(
+        limited(bin, Some(0))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?,
+    );
+    if !wait_port(ports.0) {
+        println!("{name}: did not start, skipped");
+        return None;
+    }
+    Some(Target {
+        name,
+        port: ports.0,
+        h2_port: ports.1,
+        pid: Some(proc.0.id()),
+        _proc: Some(proc),
+    })
+}
+
+fn sandgate(dir: &Path, name: &'static str, origin: u16, log: bool) -> Option<Target> {
+    let port = free_port();
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, tools::sandgate_conf(port, origin)).ok()?;
+    let mut cmd = limited(env!("CARGO_BIN_EXE_sandgate"), Some(0));
+    cmd.arg("run").arg("-c").arg(&cfg).stdout(Stdio::null());
+    if log {
+        let file = std::fs::File::create(dir.join("access.log")).ok()?;
+        cmd.env("RUST_LOG", "warn,sandgate::access=info")
+            .stderr(file);
+    } else {
+        cmd.env("RUST_LOG", "warn").stderr(Stdio::null());
+    }
+    let proc = Proc(cmd.spawn().ok()?);
+    wait_port(port).then(|| Target {
+        name,
+        port,
+        h2_port: Some(port),
+        pid: Some(proc.0.id()),
+        _proc: Some(proc),
+    })
+}
+
+fn external(dir: &Path, name: &'static str, origin: u16) -> Option<Target> {
+    let Some(bin) = which(name) else {
+        println!("{name}: not installed, skipped (apt-get install {name})");
+        return None;
+    };
+    let (port, h2) = (free_port(), free_port());
+    let (file, conf, args) = if name == "nginx" {
+        let conf = tools::nginx_proxy_conf(dir, port, h2, origin);
+        let path = dir.join("nginx.conf");
+        let args = vec![
+            "-p".into(),
+            dir.display().to_string(),
+            "-c".into(),
+            path.display().to_string(),
+        ];
+        (path, conf, args)
+    } else {
+        let path = dir.join("haproxy.cfg");
+        (
+            path.clone(),
+            tools::haproxy_conf(port, h2, origin),
+            vec!["-db".into(), "-f".into(), path.display().to_string()],
+        )
+    };
+    std::fs::write(&file, conf).ok()?;
+    start(name, &bin, &args, (port, Some(h2)))
+}
+
+/// The origin on CPU 1: nginx when installed, else the built-in backend.
+fn origin(dir: &Path) -> (Proc, u16, &'static str) {
+    if let Some(nginx) = which("nginx") {
+        let port = free_port();
+        let odir = dir.join("origin");
+        std::fs::create_dir_all(&odir).expect("origin dir");
+        let conf = odir.join("origin.conf");
+        std::fs::write(&conf, tools::origin_conf(&odir, port)).expect("origin conf");
+        let p = limited(&nginx, Some(1))
+            .arg("-p")
+            .arg(&odir)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .spawn()
+            .map(Proc);
+        if let Ok(p) = p {
+            if wait_port(port) {
+                return (p, port, "nginx");
+            }
+        }
+    }
+    let (p, port) = spawn_backend_with(&[], Some(1));
+    (p, port, "built-in backend")
+}
+
+/// One load run of `scenario` against `t`; None when the tool is missing or `t` has no such
+/// port.
+fn measure(scenario: &str, t: &Target, secs: u64) -> Option<Run> {
+    let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
+    let d = format!("{secs}s");
+    let wrk = |conns: u32, path: &str| {
+        let args = [
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{d}"),
+            "--latency",
+            &url(t.port, path),
+        ];
+        run_tool("wrk", &args.map(String::from), 1, t.pid)
+    };
+    match scenario {
+        "small-50" | "log-on" => wrk(50, SMALL_PATH),
+        "small-1000" => wrk(1000, SMALL_PATH),
+        "64k-50" => wrk(50, BIG_PATH),
+        "h2c" => {
+            let args = [
+                "-c10",
+                "-m10",
+                "-t1",
+                "-D",
+                &secs.to_string(),
+                &url(t.h2_port?, SMALL_PATH),
+            ];
+            run_tool("h2load", &args.map(String::from), 1, t.pid)
+        }
+        "rate-5k" => rate(t, 5000, 50, secs),
+        _ => None,
+    }
+}
+
+/// The `rate` role against `t`: `rps` requests a second over `conns` connections.
+fn rate(t: &Target, rps: u64, conns: u64, secs: u64) -> Option<Run> {
+    let cpu0 = t.pid.map(support::load::cpu_seconds);
+    let env = [
+        ("SANDGATE_BENCH_TARGET", format!("127.0.0.1:{}", t.port)),
+        ("SANDGATE_BENCH_RATE", rps.to_string()),
+        ("SANDGATE_BENCH_CONNS", conns.to_string()),
+        ("SANDGATE_BENCH_SECS", secs.to_string()),
+    ];
+    let mut c = spawn_role("rate", &env, Some(1));
+    let line = read_line(&mut c);
+    let _ = c.wait();
+    let cpu1 = t.pid.map(support::load::cpu_seconds);
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [n, errors, p50, p99, s] = v[..] else {
+        return None;
+    };
+    Some(Run {
+        rps: n / s.max(1.0),
+        requests: n,
+        p50_us: p50,
+        p99_us: Some(p99),
+        cpu_us: cpu0
+            .zip(cpu1)
+            .filter(|_| n > 0.0)
+            .map(|(a, b)| (b - a) * 1e6 / n),
+        errors: errors as u64,
+    })
+}
+
+fn median(runs: &mut [Run]) -> Run {
+    let mid = runs.len() / 2;
+    let pick = |f: &dyn Fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[mid]
+    };
+    Run {
+        rps: pick(&|r| r.rps),
+        requests: pick(&|r| r.requests),
+        p50_us: pick(&|r| r.p50_us),
+        p99_us: runs
+            .iter()
+            .all(|r| r.p99_us.is_some())
+            .then(|| pick(&|r| r.p99_us.unwrap_or(0.0))),
+        cpu_us: runs
+            .iter()
+            .all(|r| r.cpu_us.is_some())
+            .then(|| pick(&|r| r.cpu_us.unwrap_or(0.0))),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    }
+}
+
+/// Runs `scenario` on `targets`, `rounds` times interleaved (after a short warm-up each),
+/// and prints the medians and sandgate's ratios.
+fn scenario(title: &str, scenario: &str, targets: &[&Target], rounds: u64, secs: u64) {
+    for t in targets {
+        let _ = measure(scenario, t, 1);
+    }
+    let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (t, r) in targets.iter().zip(&mut runs) {
+            r.extend(measure(scenario, t, secs));
+        }
+    }
+    println!("\n### {title}\n\n| target | req/s | p50 µs | p99 µs | CPU µs/req | errors |\n|---|---:|---:|---:|---:|---:|");
+    let mut med = Vec::new();
+    for (t, r) in targets.iter().zip(&mut runs) {
+        if r.is_empty() {
+            println!("| {} | skipped (tool missing) | | | | |", t.name);
+            continue;
+        }
+        let m = median(r);
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+        println!(
+            "| {} | {:.0} | {:.0} | {} | {} | {} |",
+            t.name,
+            m.rps,
+            m.p50_us,
+            opt(m.p99_us, 0),
+            opt(m.cpu_us, 1),
+            m.errors
+        );
+        med.push((t.name, m));
+    }
+    let Some((_, sg)) = med.iter().find(|(n, _)| *n == "sandgate") else {
+        return;
+    };
+    for (name, o) in med.iter().filter(|(n, _)| *n != "sandgate") {
+        let cpu = sg
+            .cpu_us
+            .zip(o.cpu_us)
+            .map_or(String::new(), |(a, b)| format!(", CPU/req ×{:.2}", a / b));
+        let p99 = sg
+            .p99_us
+            .zip(o.p99_us)
+            .map_or(String::new(), |(a, b)| format!(", p99 ×{:.2}", a / b));
+        println!(
+            "- sandgate vs {name}: req/s ×{:.2}{cpu}{p99}",
+            sg.rps / o.rps.max(1.0)
+        );
+    }
+}
+
+/// Ramps the offered rate up by 10k req/s (3 s a step, 200 connections) until p99 passes
+/// 50 ms, errors start, or fewer than 95% of the requests are served; prints the last rate
+/// that held.
+fn stress(targets: &[&Target]) {
+    println!("\n### Stress ramp (200 connections, +10k req/s every 3 s, to p99 > 50 ms, errors or < 95% served)\n");
+    for t in targets {
+        let mut held = 0;
+        for step in 1..=15u64 {
+            let offered = step * 10_000;
+            let Some(r) = rate(t, offered, 200, 3) else {
+                break;
+            };
+            if r.errors > 0
+                || r.p99_us.unwrap_or(f64::MAX) > 50_000.0
+                || r.rps < 0.95 * offered as f64
+            {
+                break;
+            }
+            held = offered;
+        }
+        println!("- {}: held {held} req/s", t.name);
+    }
+}
+
+/// 0 to 5,000 connections within one second, each sending one request a second.
+fn spike(targets: &[&Target], conns: u64) {
+    println!("\n### Spike: 0 to {conns} connections within 1 s, one request a second each, 6 s\n");
+    println!("| target | errors | p99 µs | p99 of the last 2 s µs | 250 ms windows over 2× that until |\n|---|---:|---:|---:|---:|");
+    for t in targets {
+        let env = [
+            ("SANDGATE_BENCH_TARGET", format!("127.0.0.1:{}", t.port)),
+            ("SANDGATE_BENCH_CONNS", conns.to_string()),
+            ("SANDGATE_BENCH_SECS", "6".to_string()),
+        ];
+        let mut c = limited_role("spike", &env);
+        let line = read_line(&mut c);
+        let _ = c.wait();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [errors, p99, steady, until] = f[..] {
+            println!("| {} | {errors} | {p99} | {steady} | {until} ms |", t.name);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// This binary as `role` on CPU 1 with a raised open-file limit.
+fn limited_role(role: &str, envs: &[(&str, String)]) -> std::process::Child {
+    let exe = std::env::current_exe().expect("exe");
+    let mut c = limited(&exe.display().to_string(), Some(1));
+    c.env("SANDGATE_BENCH_ROLE", role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn role")
+}
+
+/// RSS per idle keep-alive connection, and RSS after they close against before.
+fn idle(targets: &[&Target], conns: u64) {
+    println!("\n### Idle keep-alive connections ({conns}, each answered once, then idle 3 s)\n");
+    println!("| target | RSS before KiB | RSS open KiB | per connection KiB | RSS 3 s after close KiB | after/before |\n|---|---:|---:|---:|---:|---:|");
+    for t in targets {
+        let Some(pid) = t.pid else { continue };
+        let before = rss_kib(pid);
+        let env = [
+            ("SANDGATE_BENCH_TARGET", format!("127.0.0.1:{}", t.port)),
+            ("SANDGATE_BENCH_CONNS", conns.to_string()),
+        ];
+        let mut c = limited_role("idle", &env);
+        let opened = read_line(&mut c);
+        std::thread::sleep(Duration::from_secs(3));
+        let open = rss_kib(pid);
+        if let Some(mut stdin) = c.stdin.take() {
+            let _ = stdin.write_all(b"close\n");
+        }
+        let _ = read_line(&mut c);
+        let _ = c.wait();
+        std::thread::sleep(Duration::from_secs(3));
+        let after = rss_kib(pid);
+        let n: f64 = opened
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        println!(
+            "| {} ({opened}) | {before} | {open} | {:.2} | {after} | {:.2} |",
+            t.name,
+            (open.saturating_sub(before)) as f64 / n.max(1.0),
+            after as f64 / before.max(1) as f64
+        );
+    }
 }
 
 fn orchestrate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut backends = Vec::new();
-    let mut ports = Vec::new();
-    for _ in 0..2 {
-        let (p, port) = spawn_backend();
-        ports.push(port);
-        backends.push(p);
-    }
+    let secs = env_u64("SANDGATE_BENCH_SECS", 5);
+    let rounds = env_u64("SANDGATE_BENCH_ROUNDS", 3).max(1);
+    let (_origin, origin_port, origin_kind) = origin(dir.path());
     println!(
-        "e2e: keep-alive HTTP/1.1 GET, {}-byte body, {} connections, {}s per run, 1 worker per proxy, backends {:?}",
-        BODY.len(),
-        env_u64("SANDGATE_BENCH_CONNS", 32),
-        env_u64("SANDGATE_BENCH_SECS", 5),
-        ports
+        "e2e: origin {origin_kind} on CPU 1, proxies one worker on CPU 0, load on CPU 1; {rounds} rounds of {secs}s interleaved, medians"
     );
-    let mut results = vec![run_load("direct", ports[0], "/bench", &[], None)];
-
-    // sandgate
-    let sg_port = free_port();
-    let sg_yaml = format!(
-            "listeners: [{{ name: bench, address: 127.0.0.1:{sg_port} }}]\nruntime: {{ worker_threads: 1 }}\n\
-             routes: [{{ name: bench, pool: b }}]\npools:\n  b:\n    backends:\n      - {{ address: 127.0.0.1:{} }}\n      - {{ address: 127.0.0.1:{} }}\n",
-            ports[0], ports[1]
-    );
-    let sg = spawn_sandgate(dir.path(), &sg_yaml, sg_port);
-    results.push(run_load("sandgate", sg_port, "/bench", &[sg.0.id()], None));
-    drop(sg);
-
-    // nginx
-    let nginx_conf = |port: u16| {
-        nginx_conf(
-            dir.path(),
-            port,
-            "",
-            &format!(
-                "server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; keepalive_requests 100000000;",
-                ports[0], ports[1]
-            ),
-            "",
-        )
+    let direct = Target {
+        name: "direct",
+        port: origin_port,
+        h2_port: None,
+        pid: None,
+        _proc: None,
     };
-    let nginx_args = |conf: &Path| nginx_args(dir.path(), conf);
-    results.extend(external(
-        "nginx",
-        "nginx.conf",
-        &nginx_conf,
-        &nginx_args,
-        dir.path(),
-    ));
-
-    // HAProxy
-    let haproxy_conf = |port: u16| {
-        format!(
-            "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
-             frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  balance roundrobin\n  server s1 127.0.0.1:{}\n  server s2 127.0.0.1:{}\n",
-            ports[0], ports[1]
-        )
-    };
-    let haproxy_args = |conf: &Path| vec!["-db".into(), "-f".into(), conf.display().to_string()];
-    results.extend(external(
-        "haproxy",
-        "haproxy.cfg",
-        &haproxy_conf,
-        &haproxy_args,
-        dir.path(),
-    ));
-
-    print_table(&results);
-    let find = |n: &str| results.iter().find(|r| r.name == n);
-    if let Some(sg) = find("sandgate") {
-        println!();
-        for other in ["direct", "nginx", "haproxy"] {
-            if let Some(o) = find(other) {
-                let cpu = match (sg.cpu_us, o.cpu_us) {
-                    (Some(a), Some(b)) if b > 0.0 => format!(", CPU/req x{:.2}", a / b),
-                    _ => String::new(),
-                };
-                println!(
-                    "sandgate vs {other}: throughput x{:.2}, p99 x{:.2}{cpu}",
-                    sg.rps / o.rps.max(1.0),
-                    sg.p99 as f64 / (o.p99.max(1)) as f64
-                );
-            }
-        }
+    let sg = sandgate(dir.path(), "sandgate", origin_port, false).expect("sandgate starts");
+    let sg_log = sandgate(dir.path(), "sandgate+log", origin_port, true).expect("sandgate starts");
+    let nginx = external(dir.path(), "nginx", origin_port);
+    let haproxy = external(dir.path(), "haproxy", origin_port);
+    let proxies: Vec<&Target> = [Some(&sg), nginx.as_ref(), haproxy.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let with_direct: Vec<&Target> = std::iter::once(&direct)
+        .chain(proxies.iter().copied())
+        .collect();
+    if which("wrk").is_none() || which("h2load").is_none() {
+        println!("wrk or h2load missing (apt-get install wrk nghttp2-client): their scenarios are skipped");
     }
+    scenario(
+        "Small body, 50 connections",
+        "small-50",
+        &with_direct,
+        rounds,
+        secs,
+    );
+    scenario(
+        "Small body, 1000 connections",
+        "small-1000",
+        &with_direct,
+        rounds,
+        secs,
+    );
+    scenario(
+        "64 KiB body, 50 connections",
+        "64k-50",
+        &with_direct,
+        rounds,
+        secs,
+    );
+    scenario(
+        "h2c, 10 connections × 10 streams (p50 column: mean)",
+        "h2c",
+        &proxies,
+        rounds,
+        secs,
+    );
+    scenario(
+        "Fixed 5k req/s, 50 connections",
+        "rate-5k",
+        &with_direct,
+        rounds,
+        secs,
+    );
+    scenario(
+        "Access log off (sandgate) and on (sandgate+log), small body, 50 connections",
+        "log-on",
+        &[&sg, &sg_log],
+        rounds,
+        secs,
+    );
+    stress(&with_direct);
+    spike(&proxies, env_u64("SANDGATE_BENCH_IDLE", 5000));
+    idle(&proxies, env_u64("SANDGATE_BENCH_IDLE", 5000));
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod probe;
+pub mod tools;
 
 use std::convert::Infallible;
 use std::io::{BufRead, Write};
@@ -39,10 +41,14 @@ pub fn current_thread() -> tokio::runtime::Runtime {
 /// the load generator), or else `orchestrate`.
 pub fn main_with_load(orchestrate: impl FnOnce()) {
     let load_role = |role: &str| {
-        role == "load" && {
-            load::load();
-            true
+        match role {
+            "load" => load::load(),
+            "rate" => probe::rate(),
+            "idle" => probe::idle(),
+            "spike" => probe::spike(),
+            _ => return false,
         }
+        true
     };
     if run_role(&load_role) {
         return;
@@ -79,8 +85,13 @@ fn backend() {
             };
             s.set_nodelay(true).ok();
             tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    let mut r = hyper::Response::new(Full::new(Bytes::from_static(BODY)));
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = if req.uri().path() == "/64k" {
+                        Bytes::from(vec![b'x'; 64 * 1024])
+                    } else {
+                        Bytes::from_static(BODY)
+                    };
+                    let mut r = hyper::Response::new(Full::new(body));
                     if let Ok(cc) = std::env::var("SANDGATE_BENCH_CACHE_CONTROL") {
                         if let Ok(v) = http::HeaderValue::from_str(&cc) {
                             r.headers_mut().insert(http::header::CACHE_CONTROL, v);

@@ -54,14 +54,25 @@ pub async fn admit(
     if !pool.all_busy(Instant::now(), &[]) {
         return Err(ProxyError::NoBackend(pool.name.to_string()));
     }
+    // Boxed: the wait's states would otherwise size every request's future.
+    Box::pin(queued(entry, &ctx, tried)).await
+}
+
+/// Waits in the pool's queue for a slot of a backend the strategy accepts.
+async fn queued(
+    entry: &PoolEntry,
+    ctx: &PickCtx<'_>,
+    tried: &[usize],
+) -> Result<Admitted, ProxyError> {
+    let pool = &entry.pool;
     let q = entry.queue_cfg;
-    let accepts = pool.queue_filter(&ctx);
+    let accepts = pool.queue_filter(ctx);
     let deadline = Instant::now() + q.timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let waited = entry
             .queue
-            .wait(q.max, left, accepts.clone(), || pick(entry, &ctx, tried))
+            .wait(q.max, left, accepts.clone(), || pick(entry, ctx, tried))
             .await;
         let slot = match waited {
             Ok(Waited::Found(a)) => return Ok(a),

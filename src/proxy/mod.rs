@@ -119,7 +119,8 @@ async fn pipeline(
             body,
             client,
         };
-        return cache::serve(ctx, snap, rc, &routed, req, inflight, x).await;
+        // Boxed: the cache's states would otherwise size every request's future.
+        return Box::pin(cache::serve(ctx, snap, rc, &routed, req, inflight, x)).await;
     }
     let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;
     let fetched = forward::fetch(snap, routed.pool, out, &mut x.tried).await?;

@@ -109,7 +109,7 @@ impl BackendConns {
                 },
             }
         }
-        let mut send = self.connect().await?;
+        let mut send = Box::pin(self.connect()).await?;
         match send.try_send_request(req).await {
             Ok(resp) => Ok((resp, send)),
             Err(e) => Err(classify(&e.into_error(), &self.authority)),
@@ -132,7 +132,8 @@ impl BackendConns {
                 return Ok((i.send, true));
             }
         }
-        Ok((self.connect().await?, false))
+        // Boxed: a connect's states would otherwise size every request's future.
+        Ok((Box::pin(self.connect()).await?, false))
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, ProxyError> {
