@@ -21,6 +21,7 @@
 //! backends), `metrics` (every metric name), `app` (wiring and shutdown), `demo` (built-in
 //! sandbox backends for `sandgate demo`).
 
+pub mod accesslog;
 pub mod admin;
 pub mod admission;
 pub mod app;

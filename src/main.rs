@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use sandgate::{app, config, demo, metrics};
+use sandgate::{accesslog, app, config, demo, metrics};
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +22,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -94,7 +94,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn serve(loaded: config::Loaded, path: PathBuf) -> ExitCode {
+fn serve(loaded: config::Loaded, path: PathBuf, format: LogFormat) -> ExitCode {
     let idle = loaded.config.runtime.metrics_idle_timeout;
     let rt = match runtime(loaded.config.runtime.worker_threads) {
         Ok(rt) => rt,
@@ -110,7 +110,13 @@ fn serve(loaded: config::Loaded, path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(app::run(loaded, Some(path), prometheus)) {
+    if let Err(e) = accesslog::init(format == LogFormat::Json) {
+        tracing::error!(error = %e, "cannot start the access log writer");
+        return ExitCode::from(1);
+    }
+    let result = rt.block_on(app::run(loaded, Some(path), prometheus));
+    accesslog::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -129,7 +135,7 @@ fn main() -> ExitCode {
         Command::Run { config } => {
             init_logging(cli.log_format);
             match config::load(&config) {
-                Ok(loaded) => serve(loaded, config),
+                Ok(loaded) => serve(loaded, config, cli.log_format),
                 Err(errors) => {
                     for e in &errors.0 {
                         tracing::error!(path = %config.display(), "config error: {e}");
@@ -140,12 +146,12 @@ fn main() -> ExitCode {
         }
         Command::Demo => {
             init_logging(cli.log_format);
-            run_demo()
+            run_demo(cli.log_format)
         }
     }
 }
 
-fn run_demo() -> ExitCode {
+fn run_demo(format: LogFormat) -> ExitCode {
     let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
@@ -160,6 +166,10 @@ fn run_demo() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = accesslog::init(format == LogFormat::Json) {
+        tracing::error!(error = %e, "cannot start the access log writer");
+        return ExitCode::from(1);
+    }
     let result = rt.block_on(async {
         let mut addrs = Vec::new();
         for i in 1..=3 {
@@ -185,6 +195,7 @@ fn run_demo() -> ExitCode {
         );
         app::run(loaded, None, prometheus).await
     });
+    accesslog::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

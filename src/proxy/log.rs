@@ -2,6 +2,7 @@
 
 use http::{Method, Uri};
 
+use crate::accesslog;
 use crate::proxy::exchange::{ConnInfo, Exchange};
 use crate::state::Snapshot;
 
@@ -70,26 +71,27 @@ fn finish(snap: &Snapshot, conn: &ConnInfo, method: &Method, uri: &Uri, status: 
             stats.client_aborts.increment(1);
         }
     }
+    if !accesslog::enabled() {
+        return;
+    }
     let backend = x
         .pool
         .zip(x.tried.backend)
         .and_then(|(p, b)| snap.pools.get(p)?.pool.backends.get(b))
         .map_or("-", |b| b.authority.as_str());
-    tracing::info!(
-        target: "sandgate::access",
-        request_id = x.request_id.to_str().unwrap_or("-"),
-        client = %x.client.unwrap_or_else(|| conn.peer.ip()),
-        listener = &*conn.listener,
-        method = method.as_str(),
-        path = uri.path(),
+    accesslog::write(&accesslog::Record {
+        request_id: x.request_id.to_str().unwrap_or("-"),
+        client: x.client.unwrap_or_else(|| conn.peer.ip()),
+        listener: &conn.listener,
+        method: method.as_str(),
+        path: uri.path(),
         status,
-        route = stats.map_or("-", |s| &*s.name),
+        route: stats.map_or("-", |s| &*s.name),
         backend,
-        attempts = x.tried.attempts,
-        decision = x.tried.decision.unwrap_or("-"),
-        error = x.error.unwrap_or("-"),
-        detail = x.error_detail.as_deref().unwrap_or("-"),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
+        attempts: x.tried.attempts,
+        decision: x.tried.decision.unwrap_or("-"),
+        error: x.error.unwrap_or("-"),
+        detail: x.error_detail.as_deref().unwrap_or("-"),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+    });
 }
