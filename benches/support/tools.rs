@@ -166,7 +166,8 @@ pub fn origin_conf(dir: &Path, port: u16) -> String {
     )
 }
 
-/// nginx as the proxy: HTTP/1.1 on `port`, h2c on `h2_port`, `keepalive 1024` upstream.
+/// nginx as the proxy: HTTP/1.1 on `port`, h2c on `h2_port`, `keepalive 1024` upstream, and
+/// 128 KiB of proxy buffers so that a 64 KiB response is not spilled to a temporary file.
 pub fn nginx_proxy_conf(dir: &Path, port: u16, h2_port: u16, origin: u16) -> String {
     std::fs::create_dir_all(dir.join("logs")).ok();
     let d = dir.display();
@@ -176,7 +177,7 @@ pub fn nginx_proxy_conf(dir: &Path, port: u16, h2_port: u16, origin: u16) -> Str
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
          upstream o {{ server 127.0.0.1:{origin}; keepalive 1024; keepalive_requests 100000000; }}\n  \
          server {{ listen 127.0.0.1:{port} backlog=16384; listen 127.0.0.1:{h2_port} http2 backlog=16384;\n    \
-         location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+         location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffers 32 4k; }}\n  }}\n}}\n"
     )
 }
 
