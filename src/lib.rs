@@ -3,12 +3,14 @@
 //! # Layout
 //!
 //! Request path (hot, one snapshot load per request):
-//! `server` accepts (TLS in `tls`, connection shedding in `limit`) and hands each request to
+//! `server` accepts (TLS in `tls`, connection shedding in `limit`; client timers in `conn`,
+//! idle HTTP/1 connections parked without buffers in `keepalive`) and hands each request to
 //! `proxy::handle`; `proxy/mod.rs` is the one place that orders the stages, each in its own
 //! file under `proxy/`: shedding and rate limits -> `router` -> body and upstream head ->
 //! select + admit (`balance` picks among `backend`s, whose state carries health and the
 //! `breaker`; `admission` takes the backend's in-flight slot or waits in the pool's FIFO
-//! queue) -> `upstream` (pooled client) with retries -> record -> decorate -> log. `body`
+//! queue) -> `upstream` (pooled client) with retries -> record -> decorate -> log (lines
+//! through `accesslog`'s buffered writer). `body`
 //! streams the response and holds the slots until its last byte. `headers` rewrites headers;
 //! `error` maps every failure to one status and JSON body.
 //!
