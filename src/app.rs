@@ -21,6 +21,7 @@ use crate::server;
 use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
 use crate::task::supervise;
+use crate::worker;
 
 /// Runs sandgate until SIGTERM or SIGINT. `config_path` enables live reload; without it
 /// (the demo) SIGHUP is logged and ignored.
@@ -40,6 +41,8 @@ pub async fn run(
         tracing::warn!("config warning: {w}");
     }
     let cfg = loaded.config;
+    // Before any pool exists: upstream pools keep idle connections per worker.
+    worker::set_count(cfg.runtime.worker_threads.unwrap_or(1));
     let services = Arc::new(Services::new(&cfg.cache)?);
     let snap = Snapshot::build(&cfg, None, &services.upstreams)?;
     metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
@@ -50,21 +53,67 @@ pub async fn run(
     let mut background = Vec::new();
     let shed = Arc::new(Shedder::default());
 
+    // Thread-per-core (`worker`): every listener gets one SO_REUSEPORT socket per worker.
+    let workers = cfg.runtime.worker_threads.unwrap_or(1);
+    let mut others: Vec<Vec<(std::net::TcpListener, Arc<str>)>> =
+        (1..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.address))?;
+        let fail =
+            |e: std::io::Error| format!("listener {}: cannot bind {}: {e}", l.name, l.address);
+        let mut sockets = worker::bind(l.address, workers).map_err(fail)?.into_iter();
+        let first = sockets
+            .next()
+            .ok_or_else(|| format!("listener {}: no socket", l.name))?;
+        let listener = TcpListener::from_std(first).map_err(fail)?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(listener = %l.name, address = %bound, tls = l.tls.is_some(), "listening");
+        tracing::info!(listener = %l.name, address = %bound, tls = l.tls.is_some(), workers, "listening");
+        let name: Arc<str> = Arc::from(l.name.as_str());
+        for (k, s) in sockets.enumerate() {
+            others[k].push((s, Arc::clone(&name)));
+        }
         background.push(tokio::spawn(server::serve(
             listener,
-            Arc::from(l.name.as_str()),
+            name,
             Arc::clone(&state),
             Arc::clone(&shed),
             Arc::clone(&services),
             shutdown.clone(),
             tracker.clone(),
         )));
+    }
+    // Ends the other workers' runtimes once shutdown has drained (or its grace ran out).
+    let workers_done = CancellationToken::new();
+    for (k, sockets) in others.into_iter().enumerate() {
+        let (state, shed, services) =
+            (Arc::clone(&state), Arc::clone(&shed), Arc::clone(&services));
+        let (shutdown, tracker, done) = (shutdown.clone(), tracker.clone(), workers_done.clone());
+        std::thread::Builder::new()
+            .name(format!("sandgate-worker-{}", k + 1))
+            .spawn(move || {
+                worker::enter(k + 1);
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::error!(worker = k + 1, error = %e, "cannot start a worker runtime"),
+                };
+                rt.block_on(async move {
+                    for (socket, name) in sockets {
+                        match TcpListener::from_std(socket) {
+                            Ok(l) => drop(tokio::spawn(server::serve(
+                                l,
+                                name,
+                                Arc::clone(&state),
+                                Arc::clone(&shed),
+                                Arc::clone(&services),
+                                shutdown.clone(),
+                                tracker.clone(),
+                            ))),
+                            Err(e) => tracing::error!(listener = &*name, error = %e, "worker cannot accept"),
+                        }
+                    }
+                    done.cancelled().await;
+                });
+            })
+            .map_err(|e| format!("cannot start worker thread {}: {e}", k + 1))?;
     }
     // The recorder buffers histogram samples until they are folded in; do that periodically
     // so memory stays flat when nobody scrapes /metrics. Live series are touched each round,
@@ -168,6 +217,7 @@ pub async fn run(
     for task in background {
         task.abort();
     }
+    workers_done.cancel();
     tracing::info!("sandgate stopped");
     Ok(())
 }

@@ -51,3 +51,4 @@ pub mod state;
 pub mod task;
 pub mod tls;
 pub mod upstream;
+pub mod worker;

@@ -58,17 +58,13 @@ fn init_logging(format: LogFormat) {
 }
 
 fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    // One worker: a current-thread runtime does the same work without the work-stealing
-    // scheduler's cross-thread bookkeeping.
+    // `worker_threads: N`: this is the first of N single-threaded runtimes (`app` starts the
+    // others, `sandgate::worker`). Unset: one work-stealing runtime with a thread per core.
     let mut b = match worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        Some(_) => tokio::runtime::Builder::new_current_thread(),
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
-    b.enable_all();
-    if let Some(n) = worker_threads.filter(|n| *n > 1) {
-        b.worker_threads(n);
-    }
-    b.build()
+    b.enable_all().build()
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -26,6 +26,8 @@ pub const UPSTREAM_DURATION: &str = "sandgate_upstream_duration_seconds";
 pub const BACKEND_INFLIGHT: &str = "sandgate_backend_inflight";
 /// `sandgate_connections_open{listener}`
 pub const CONNECTIONS_OPEN: &str = "sandgate_connections_open";
+/// Counter: client connections accepted, by listener and worker (`runtime.worker_threads`).
+pub const WORKER_CONNECTIONS_TOTAL: &str = "sandgate_worker_connections_total";
 /// `sandgate_config_reloads_total{result}`
 pub const CONFIG_RELOADS_TOTAL: &str = "sandgate_config_reloads_total";
 /// `sandgate_config_generation`
@@ -133,6 +135,10 @@ fn describe() {
         "Requests in flight to each backend, counted until the response body ends."
     );
     describe_gauge!(CONNECTIONS_OPEN, "Open client connections, by listener.");
+    describe_counter!(
+        WORKER_CONNECTIONS_TOTAL,
+        "Client connections accepted, by listener and worker."
+    );
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
         "Config reloads, by result (success/error)."

@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::keepalive;
 use crate::limit::{ConnSlot, Shedder};
-use crate::metrics::CONNECTIONS_OPEN;
+use crate::metrics::{CONNECTIONS_OPEN, WORKER_CONNECTIONS_TOTAL};
 use crate::proxy::{self, ConnCtx, ConnInfo};
 use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
@@ -39,10 +39,16 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let open = metrics::gauge!(CONNECTIONS_OPEN, "listener" => name.to_string());
+    let accepted = metrics::counter!(
+        WORKER_CONNECTIONS_TOTAL,
+        "listener" => name.to_string(),
+        "worker" => crate::worker::index().to_string()
+    );
     loop {
         let Some((stream, peer)) = accept(&listener, &shutdown, &name).await else {
             break;
         };
+        accepted.increment(1);
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::{classify, PoolSettings, UpstreamBody};
 use crate::error::ProxyError;
 use crate::reqbody::Sent;
+use crate::worker;
 
 /// How long a pooled connection may take to be ready for its next request (it normally is at
 /// once: its previous response was read to the end).
@@ -40,7 +41,9 @@ pub struct BackendConns {
     addr: SocketAddr,
     authority: String,
     settings: PoolSettings,
-    idle: ArrayQueue<Idle>,
+    /// Idle connections, per worker ([`crate::worker`]): a connection is used only by the
+    /// thread whose runtime drives it.
+    idle: Box<[ArrayQueue<Idle>]>,
     opened: AtomicU64,
     reused: AtomicU64,
 }
@@ -52,7 +55,9 @@ impl BackendConns {
             addr,
             authority: addr.to_string(),
             settings,
-            idle: ArrayQueue::new(settings.max_idle.max(1)),
+            idle: (0..worker::count())
+                .map(|_| ArrayQueue::new(settings.max_idle.max(1)))
+                .collect(),
             opened: AtomicU64::new(0),
             reused: AtomicU64::new(0),
         }
@@ -118,7 +123,8 @@ impl BackendConns {
 
     /// An idle connection ready for a request (and true), or a new one (and false).
     async fn checkout(&self) -> Result<(SendRequest<UpstreamBody>, bool), ProxyError> {
-        while let Some(mut i) = self.idle.pop() {
+        let idle = self.idle_here();
+        while let Some(mut i) = idle.pop() {
             if i.since.elapsed() > self.settings.idle || i.send.is_closed() {
                 continue;
             }
@@ -164,7 +170,7 @@ impl BackendConns {
             return;
         }
         // A full queue drops the connection, which closes it.
-        let _ = self.idle.push(Idle {
+        let _ = self.idle_here().push(Idle {
             send,
             since: Instant::now(),
         });
@@ -172,13 +178,20 @@ impl BackendConns {
 
     /// Closes the idle connections that outlived the idle timeout or were closed.
     pub fn reap(&self) {
-        for _ in 0..self.idle.len() {
-            let Some(i) = self.idle.pop() else { break };
-            if i.since.elapsed() <= self.settings.idle && !i.send.is_closed() {
-                // The queue had room for it a moment ago.
-                let _ = self.idle.push(i);
+        for idle in &self.idle {
+            for _ in 0..idle.len() {
+                let Some(i) = idle.pop() else { break };
+                if i.since.elapsed() <= self.settings.idle && !i.send.is_closed() {
+                    // The queue had room for it a moment ago.
+                    let _ = idle.push(i);
+                }
             }
         }
+    }
+
+    /// The idle connections of this thread's worker.
+    fn idle_here(&self) -> &ArrayQueue<Idle> {
+        &self.idle[worker::index().min(self.idle.len() - 1)]
     }
 }
 

@@ -1,0 +1,110 @@
+//! Thread-per-core: `runtime.worker_threads: N` serves every listener from N runtimes, each
+//! accepting on its own SO_REUSEPORT socket.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_connections_and_serve_them_all() {
+    let a = named_backend("a").await;
+    let yaml = format!(
+        "runtime: {{ worker_threads: 2 }}\n{}",
+        basic_config(&format!("    backends: [{{ address: {} }}]\n", a.addr))
+    );
+    let proxy = spawn_proxy(&yaml);
+    // Every request on a connection of its own: the kernel spreads them over both sockets.
+    for i in 0..40 {
+        let got = get(&proxy.url("public", &format!("/w{i}"))).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), "a");
+    }
+    let m = metrics_text(&proxy).await;
+    let per = |w: &str| {
+        metric(
+            &m,
+            &format!("sandgate_worker_connections_total{{listener=\"public\",worker=\"{w}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (w0, w1) = (per("0"), per("1"));
+    assert!(
+        w0 >= 1.0 && w1 >= 1.0,
+        "both workers accept: {w0} and {w1}\n{m}"
+    );
+    assert!(w0 + w1 >= 40.0, "{m}");
+    assert!(
+        m.contains("sandgate_requests_total{route=\"all\",code=\"200\"} 40"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_requests_of_every_worker() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let slow = held_backend("start;", "done", std::sync::Arc::clone(&release)).await;
+    let yaml = format!(
+        "runtime: {{ worker_threads: 2 }}\n{}",
+        basic_config(&format!("    backends: [{{ address: {} }}]\n", slow.addr))
+    );
+    let mut proxy = spawn_proxy(&yaml);
+    let url = proxy.url("public", "/");
+    let mut bodies = Vec::new();
+    // 16 connections: all on one worker by chance once in 30,000 runs.
+    for _ in 0..16 {
+        let mut body = open_stream(&url).await;
+        assert_eq!(next_chunk(&mut body).await, "start;");
+        bodies.push(body);
+    }
+    let m = metrics_text(&proxy).await;
+    let held = |w: &str| {
+        metric(
+            &m,
+            &format!("sandgate_worker_connections_total{{listener=\"public\",worker=\"{w}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(held("0") >= 1.0 && held("1") >= 1.0, "{m}");
+
+    proxy.signal("TERM");
+    // Both workers close their sockets: new connections are refused.
+    for _ in 0..2 {
+        proxy
+            .logs
+            .wait_for(std::time::Duration::from_secs(5), |v| {
+                msg(v) == "stopped accepting connections"
+            })
+            .expect("listener closed");
+    }
+    let refused = async {
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(proxy.listeners["public"])
+                .await
+                .is_err()
+            {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(refused.await, "still accepting after SIGTERM");
+    assert!(
+        proxy
+            .wait_exit(std::time::Duration::from_millis(300))
+            .is_none(),
+        "exited before draining"
+    );
+    release.notify_waiters();
+    for body in bodies {
+        let rest = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(rest, "done");
+    }
+    let status =
+        tokio::task::block_in_place(|| proxy.wait_exit(std::time::Duration::from_secs(10)))
+            .expect("exited");
+    assert!(status.success(), "{status:?}");
+}
