@@ -108,3 +108,34 @@ async fn sigterm_drains_the_requests_of_every_worker() {
             .expect("exited");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_buffered_at_exit_are_written() {
+    let a = named_backend("a").await;
+    let yaml = format!(
+        "runtime: {{ worker_threads: 2 }}\n{}",
+        basic_config(&format!("    backends: [{{ address: {} }}]\n", a.addr))
+    );
+    let mut proxy = spawn_proxy(&yaml);
+    let ids: Vec<String> = (0..20).map(|i| format!("last-words-{i}")).collect();
+    for id in &ids {
+        let got = get_with(&proxy.url("public", "/"), &[("x-request-id", id)]).await;
+        assert_eq!(got.status, 200);
+    }
+    // At once: the lines may still be in the access log's buffer when the process ends.
+    proxy.signal("TERM");
+    let status =
+        tokio::task::block_in_place(|| proxy.wait_exit(std::time::Duration::from_secs(10)))
+            .expect("exited");
+    assert!(status.success(), "{status:?}");
+    for id in &ids {
+        let line = proxy
+            .logs
+            .wait_for(std::time::Duration::from_secs(2), |v| {
+                v["request_id"] == id.as_str()
+            })
+            .unwrap_or_else(|| panic!("no access log line for {id}"));
+        assert_eq!(line["target"], "sandgate::access");
+        assert_eq!(line["status"], 200);
+    }
+}
