@@ -338,7 +338,7 @@ fn spike(targets: &[&Target], conns: u64) {
             ("SANDGATE_BENCH_CONNS", conns.to_string()),
             ("SANDGATE_BENCH_SECS", "6".to_string()),
         ];
-        let mut c = limited_role("spike", &env);
+        let mut c = spawn_role("spike", &env, Some(1));
         let line = read_line(&mut c);
         let _ = c.wait();
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -347,19 +347,6 @@ fn spike(targets: &[&Target], conns: u64) {
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-}
-
-/// This binary as `role` on CPU 1 with a raised open-file limit.
-fn limited_role(role: &str, envs: &[(&str, String)]) -> std::process::Child {
-    let exe = std::env::current_exe().expect("exe");
-    let mut c = limited(&exe.display().to_string(), Some(1));
-    c.env("SANDGATE_BENCH_ROLE", role)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.spawn().expect("spawn role")
 }
 
 /// RSS per idle keep-alive connection, and RSS after they close against before.
@@ -373,7 +360,7 @@ fn idle(targets: &[&Target], conns: u64) {
             ("SANDGATE_BENCH_TARGET", format!("127.0.0.1:{}", t.port)),
             ("SANDGATE_BENCH_CONNS", conns.to_string()),
         ];
-        let mut c = limited_role("idle", &env);
+        let mut c = spawn_role("idle", &env, Some(1));
         let opened = read_line(&mut c);
         std::thread::sleep(Duration::from_secs(3));
         let open = rss_kib(pid);

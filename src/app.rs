@@ -17,7 +17,7 @@ use crate::health;
 use crate::limit::Shedder;
 use crate::metrics::CONFIG_GENERATION;
 use crate::reload::{self, sd_notify, Reloader};
-use crate::server;
+use crate::server::{self, Serving};
 use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
 use crate::task::supervise;
@@ -54,6 +54,13 @@ pub async fn run(
     let shed = Arc::new(Shedder::default());
 
     // Thread-per-core (`worker`): every listener gets one SO_REUSEPORT socket per worker.
+    let serving = Serving {
+        state: Arc::clone(&state),
+        shed: Arc::clone(&shed),
+        services: Arc::clone(&services),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    };
     let workers = cfg.runtime.worker_threads.unwrap_or(1);
     let mut others: Vec<Vec<(std::net::TcpListener, Arc<str>)>> =
         (1..workers).map(|_| Vec::new()).collect();
@@ -71,49 +78,12 @@ pub async fn run(
         for (k, s) in sockets.enumerate() {
             others[k].push((s, Arc::clone(&name)));
         }
-        background.push(tokio::spawn(server::serve(
-            listener,
-            name,
-            Arc::clone(&state),
-            Arc::clone(&shed),
-            Arc::clone(&services),
-            shutdown.clone(),
-            tracker.clone(),
-        )));
+        background.push(tokio::spawn(server::serve(listener, name, serving.clone())));
     }
     // Ends the other workers' runtimes once shutdown has drained (or its grace ran out).
     let workers_done = CancellationToken::new();
     for (k, sockets) in others.into_iter().enumerate() {
-        let (state, shed, services) =
-            (Arc::clone(&state), Arc::clone(&shed), Arc::clone(&services));
-        let (shutdown, tracker, done) = (shutdown.clone(), tracker.clone(), workers_done.clone());
-        std::thread::Builder::new()
-            .name(format!("sandgate-worker-{}", k + 1))
-            .spawn(move || {
-                worker::enter(k + 1);
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => return tracing::error!(worker = k + 1, error = %e, "cannot start a worker runtime"),
-                };
-                rt.block_on(async move {
-                    for (socket, name) in sockets {
-                        match TcpListener::from_std(socket) {
-                            Ok(l) => drop(tokio::spawn(server::serve(
-                                l,
-                                name,
-                                Arc::clone(&state),
-                                Arc::clone(&shed),
-                                Arc::clone(&services),
-                                shutdown.clone(),
-                                tracker.clone(),
-                            ))),
-                            Err(e) => tracing::error!(listener = &*name, error = %e, "worker cannot accept"),
-                        }
-                    }
-                    done.cancelled().await;
-                });
-            })
-            .map_err(|e| format!("cannot start worker thread {}: {e}", k + 1))?;
+        spawn_worker(k + 1, sockets, serving.clone(), workers_done.clone())?;
     }
     // The recorder buffers histogram samples until they are folded in; do that periodically
     // so memory stays flat when nobody scrapes /metrics. Live series are touched each round,
@@ -220,4 +190,43 @@ pub async fn run(
     workers_done.cancel();
     tracing::info!("sandgate stopped");
     Ok(())
+}
+
+/// Worker `index` of `runtime.worker_threads`: a thread with a single-threaded runtime that
+/// accepts on `sockets` until `done`.
+fn spawn_worker(
+    index: usize,
+    sockets: Vec<(std::net::TcpListener, Arc<str>)>,
+    serving: Serving,
+    done: CancellationToken,
+) -> Result<(), String> {
+    let run = move || {
+        worker::enter(index);
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot start a worker runtime");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            for (socket, name) in sockets {
+                match TcpListener::from_std(socket) {
+                    Ok(l) => drop(tokio::spawn(server::serve(l, name, serving.clone()))),
+                    Err(e) => {
+                        tracing::error!(listener = &*name, error = %e, "worker cannot accept")
+                    }
+                }
+            }
+            done.cancelled().await;
+        });
+    };
+    std::thread::Builder::new()
+        .name(format!("sandgate-worker-{index}"))
+        .spawn(run)
+        .map(drop)
+        .map_err(|e| format!("cannot start worker thread {index}: {e}"))
 }

@@ -27,17 +27,28 @@ use crate::proxy::{self, ConnCtx, ConnInfo};
 use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
 
+/// What every accept loop (one per listener and worker) shares.
+#[derive(Clone)]
+pub struct Serving {
+    pub state: SharedState,
+    pub shed: Arc<Shedder>,
+    pub services: Arc<Services>,
+    /// Stops accepting.
+    pub shutdown: CancellationToken,
+    /// Connection tasks, so that shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
 /// Accepts connections on `listener` until `shutdown` fires. Connection tasks are spawned on
 /// `tracker` so shutdown can wait for them.
-pub async fn serve(
-    listener: TcpListener,
-    name: Arc<str>,
-    state: SharedState,
-    shed: Arc<Shedder>,
-    services: Arc<Services>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+pub async fn serve(listener: TcpListener, name: Arc<str>, serving: Serving) {
+    let Serving {
+        state,
+        shed,
+        services,
+        shutdown,
+        tracker,
+    } = serving;
     let open = metrics::gauge!(CONNECTIONS_OPEN, "listener" => name.to_string());
     let accepted = metrics::counter!(
         WORKER_CONNECTIONS_TOTAL,

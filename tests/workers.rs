@@ -5,6 +5,12 @@ mod common;
 
 use common::*;
 
+/// Connections worker `w` accepted on the `public` listener, from the metrics text `m`.
+fn accepted(m: &str, w: usize) -> f64 {
+    let series = format!("sandgate_worker_connections_total{{listener=\"public\",worker=\"{w}\"}}");
+    metric(m, &series).unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_connections_and_serve_them_all() {
     let a = named_backend("a").await;
@@ -20,14 +26,7 @@ async fn two_workers_share_the_connections_and_serve_them_all() {
         assert_eq!(got.text(), "a");
     }
     let m = metrics_text(&proxy).await;
-    let per = |w: &str| {
-        metric(
-            &m,
-            &format!("sandgate_worker_connections_total{{listener=\"public\",worker=\"{w}\"}}"),
-        )
-        .unwrap_or(0.0)
-    };
-    let (w0, w1) = (per("0"), per("1"));
+    let (w0, w1) = (accepted(&m, 0), accepted(&m, 1));
     assert!(
         w0 >= 1.0 && w1 >= 1.0,
         "both workers accept: {w0} and {w1}\n{m}"
@@ -57,14 +56,7 @@ async fn sigterm_drains_the_requests_of_every_worker() {
         bodies.push(body);
     }
     let m = metrics_text(&proxy).await;
-    let held = |w: &str| {
-        metric(
-            &m,
-            &format!("sandgate_worker_connections_total{{listener=\"public\",worker=\"{w}\"}}"),
-        )
-        .unwrap_or(0.0)
-    };
-    assert!(held("0") >= 1.0 && held("1") >= 1.0, "{m}");
+    assert!(accepted(&m, 0) >= 1.0 && accepted(&m, 1) >= 1.0, "{m}");
 
     proxy.signal("TERM");
     // Both workers close their sockets: new connections are refused.

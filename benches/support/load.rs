@@ -75,30 +75,39 @@ pub fn load() {
             }));
         }
         let start = Instant::now();
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            if let Ok((l, e)) = t.await {
-                all.extend(l);
-                errors += e;
-            }
-        }
+        let (mut all, errors) = gather(tasks).await;
         let elapsed = start.elapsed().as_secs_f64().max(secs as f64);
         all.sort_unstable();
-        let pct = |p: f64| {
-            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
         println!(
             "{} {} {} {} {}",
             all.len(),
             errors,
-            pct(0.50),
-            pct(0.99),
+            percentile(&all, 0.50),
+            percentile(&all, 0.99),
             elapsed
         );
     });
+}
+
+/// The samples and error counts of load tasks, merged.
+pub async fn gather<T>(tasks: Vec<tokio::task::JoinHandle<(Vec<T>, u64)>>) -> (Vec<T>, u64) {
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((samples, e)) = t.await {
+            all.extend(samples);
+            errors += e;
+        }
+    }
+    (all, errors)
+}
+
+/// The `p` quantile of sorted latencies (0 when there are none).
+pub fn percentile(sorted: &[u32], p: f64) -> u32 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// utime + stime of a process (and its threads), in seconds.

@@ -107,11 +107,14 @@ fn backend() {
     });
 }
 
-/// Starts this binary as `role` with extra environment, pinned to `cpu` if given.
+/// Starts this binary as `role` with extra environment, pinned to `cpu` if given, with its
+/// open-file limit raised (thousands of connections) and its stdin a pipe (the `idle` role
+/// waits on it).
 pub fn spawn_role(role: &str, envs: &[(&str, String)], cpu: Option<usize>) -> Child {
     let exe = std::env::current_exe().expect("exe");
-    let mut c = load::pinned(&exe.display().to_string(), cpu);
+    let mut c = tools::limited(&exe.display().to_string(), cpu);
     c.env("SANDGATE_BENCH_ROLE", role)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (k, v) in envs {

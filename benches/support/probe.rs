@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::current_thread;
-use super::load::env_u64;
+use super::load::{env_u64, gather, percentile};
 
 fn target() -> SocketAddr {
     std::env::var("SANDGATE_BENCH_TARGET")
@@ -51,13 +51,6 @@ async fn get(send: &mut SendRequest<Empty<Bytes>>, path: &str) -> bool {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    sorted
-        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0)
-}
-
 /// The `rate` role: SANDGATE_BENCH_RATE requests per second in total over
 /// SANDGATE_BENCH_CONNS connections for SANDGATE_BENCH_SECS. Latency counts from when a
 /// request was due, so a stalled proxy cannot hide its queue (no coordinated omission).
@@ -92,14 +85,7 @@ pub fn rate() {
                 (lat, 0)
             }));
         }
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            if let Ok((l, e)) = t.await {
-                all.extend(l);
-                errors += e;
-            }
-        }
+        let (mut all, errors) = gather(tasks).await;
         all.sort_unstable();
         let p50 = percentile(&all, 0.5);
         let p99 = percentile(&all, 0.99);
@@ -180,14 +166,7 @@ pub fn spike() {
                 (samples, 0)
             }));
         }
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            if let Ok((s, e)) = t.await {
-                all.extend(s);
-                errors += e;
-            }
-        }
+        let (all, errors) = gather(tasks).await;
         let steady_from = (secs as u32 - 2) * 1000;
         let mut lat: Vec<u32> = all.iter().map(|s| s.1).collect();
         lat.sort_unstable();
