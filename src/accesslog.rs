@@ -36,6 +36,19 @@ pub struct Record<'a> {
     pub error: &'a str,
     pub detail: &'a str,
     pub duration_ms: f64,
+    /// A tunnel's line, written when it closes: its bytes and why it ended.
+    pub tunnel: Option<TunnelLog>,
+}
+
+/// What a tunnel's line adds.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelLog {
+    /// Bytes from the client to the backend.
+    pub bytes_up: u64,
+    /// Bytes from the backend to the client.
+    pub bytes_down: u64,
+    /// Why it ended (`closed`, `idle_timeout`, ...).
+    pub end: &'static str,
 }
 
 struct Sink {
@@ -173,7 +186,15 @@ fn text(out: &mut Vec<u8>, r: &Record<'_>) {
     out.extend_from_slice(b" error=");
     out.extend_from_slice(r.error.as_bytes());
     // The detail is free text: quoted, as tracing writes a string with spaces.
-    let _ = writeln!(out, " detail={:?} duration_ms={}", r.detail, r.duration_ms);
+    let _ = write!(out, " detail={:?} duration_ms={}", r.detail, r.duration_ms);
+    if let Some(t) = &r.tunnel {
+        let _ = write!(
+            out,
+            " tunnel={} bytes_up={} bytes_down={}",
+            t.end, t.bytes_up, t.bytes_down
+        );
+    }
+    out.push(b'\n');
 }
 
 fn json(out: &mut Vec<u8>, r: &Record<'_>) {
@@ -202,10 +223,15 @@ fn json(out: &mut Vec<u8>, r: &Record<'_>) {
     } else {
         0.0
     };
-    let _ = writeln!(
-        out,
-        ",\"duration_ms\":{ms},\"target\":\"sandgate::access\"}}"
-    );
+    let _ = write!(out, ",\"duration_ms\":{ms}");
+    if let Some(t) = &r.tunnel {
+        let _ = write!(
+            out,
+            ",\"tunnel\":\"{}\",\"bytes_up\":{},\"bytes_down\":{}",
+            t.end, t.bytes_up, t.bytes_down
+        );
+    }
+    out.extend_from_slice(b",\"target\":\"sandgate::access\"}\n");
 }
 
 #[cfg(test)]
@@ -227,6 +253,7 @@ mod tests {
             error: "no_backend",
             detail: "pool p: no usable backend\n",
             duration_ms: 1.25,
+            tunnel: None,
         }
     }
 

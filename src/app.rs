@@ -183,6 +183,19 @@ pub async fn run(
             background = services.tasks.len(),
             "shutdown grace expired; closing the remaining connections"
         );
+        // Tunnels still open are closed (WebSocket ones with a close frame); they get a
+        // moment to write it.
+        services.closing.cancel();
+        let closed = services.tasks.wait();
+        if tokio::time::timeout(std::time::Duration::from_secs(2), closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                background = services.tasks.len(),
+                "tasks still running at exit"
+            );
+        }
     }
     for task in background {
         task.abort();

@@ -84,6 +84,18 @@ impl ConnState {
         InFlight(Arc::clone(self))
     }
 
+    /// Counts the connection busy, without a new request, until the guard drops: an HTTP/2
+    /// tunnel keeps its connection from being closed as idle.
+    pub fn busy(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Whether a response switched the connection's protocol.
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
+    }
+
     /// Notes the body length the request about to be counted announced (None: unknown).
     pub fn note_body(&self, len: Option<u64>) {
         self.body_len
@@ -412,6 +424,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.rejecting.is_some() || this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        if this.state.is_upgraded() {
+            // A tunnel: no request heads to time and nothing to park; its own timers rule.
+            if this.replay.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

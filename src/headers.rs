@@ -64,6 +64,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Whether a comma-separated header `name` holds `token` (ASCII case-insensitive; for
+/// `Upgrade`, a protocol's version after `/` is ignored).
+pub fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().split('/').next().unwrap_or("").trim())
+        .any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// Whether `ip` is one of the `trusted` proxies.
 fn trusted_peer(ip: &IpAddr, trusted: &[ipnet::IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(ip))

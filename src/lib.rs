@@ -11,7 +11,9 @@
 //! `breaker`; `admission` takes the backend's in-flight slot or waits in the pool's FIFO
 //! queue) -> `upstream` (pooled client) with retries -> record -> decorate -> log (lines
 //! through `accesslog`'s buffered writer). `body`
-//! streams the response and holds the slots until its last byte. `headers` rewrites headers;
+//! streams the response and holds the slots until its last byte. An upgrade request
+//! (`proxy/upgrade.rs`) becomes a `tunnel` that keeps its slot until it closes. `headers`
+//! rewrites headers;
 //! `error` maps every failure to one status and JSON body.
 //!
 //! Reload path (cold, one writer): `reload` watches the file and SIGHUP, `config` parses and
@@ -50,5 +52,6 @@ pub mod services;
 pub mod state;
 pub mod task;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod worker;

@@ -86,6 +86,13 @@ pub const CACHE_REDIS_DROPPED_TOTAL: &str = "sandgate_cache_redis_dropped_total"
 /// `sandgate_task_restarts_total{task}`: background tasks restarted after a panic
 pub const TASK_RESTARTS_TOTAL: &str = "sandgate_task_restarts_total";
 
+/// `sandgate_tunnels_open{route}` (gauge): WebSocket tunnels open
+pub const TUNNELS_OPEN: &str = "sandgate_tunnels_open";
+/// `sandgate_tunnels_total{route,result}` (`upgraded`, `refused`, `error`)
+pub const TUNNELS_TOTAL: &str = "sandgate_tunnels_total";
+/// `sandgate_tunnel_bytes_total{route,direction}` (`up`: client to backend, `down`)
+pub const TUNNEL_BYTES_TOTAL: &str = "sandgate_tunnel_bytes_total";
+
 /// Histogram buckets (seconds) for request and upstream durations.
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -176,6 +183,16 @@ fn describe() {
     describe_counter!(
         CACHE_REDIS_DROPPED_TOTAL,
         "Writes to Redis dropped because its queue was full."
+    );
+    describe_gauge!(TUNNELS_OPEN, "WebSocket tunnels open, by route.");
+    describe_counter!(
+        TUNNELS_TOTAL,
+        "Upgrade requests by result: upgraded, refused (the backend did not answer 101), error."
+    );
+    describe_counter!(
+        TUNNEL_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes copied through tunnels, by direction (up: client to backend; down)."
     );
 }
 

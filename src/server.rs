@@ -79,6 +79,7 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, serving: Serving) {
                 peer,
                 tls: false,
             },
+            activity: None,
         };
         tracker.spawn(connection(
             stream,
@@ -170,6 +171,7 @@ async fn connection(
     drop(snap);
     let peer = ctx.conn.peer;
     ctx.conn.tls = tls.is_some();
+    ctx.activity = Some(Arc::clone(&state));
     // Each request goes through the proxy pipeline, counted in flight on the connection
     // until its response body is dropped.
     let ctx = Arc::new(ctx);

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
@@ -16,8 +17,11 @@ pub struct Services {
     pub upstreams: Upstreams,
     /// The response cache's stores.
     pub cache: Arc<Cache>,
-    /// Tasks that may outlive the request that started them; shutdown waits for them.
+    /// Tasks that may outlive the request that started them (and tunnels); shutdown waits
+    /// for them.
     pub tasks: TaskTracker,
+    /// Fires when the shutdown grace has run out: open tunnels close.
+    pub closing: CancellationToken,
 }
 
 impl Services {
@@ -27,6 +31,7 @@ impl Services {
             upstreams: Upstreams::default(),
             cache: Cache::new(cache)?,
             tasks: TaskTracker::new(),
+            closing: CancellationToken::new(),
         })
     }
 }

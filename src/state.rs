@@ -29,6 +29,7 @@ use crate::metrics::{
 };
 use crate::router::Router;
 use crate::tls;
+use crate::tunnel::stats::RouteTunnels;
 use crate::upstream::{BackendConns, PoolSettings, Upstreams};
 
 /// The shared, atomically swapped snapshot.
@@ -44,6 +45,8 @@ pub struct RouteStats {
     pub duration: Histogram,
     /// `sandgate_client_aborts_total{route}`.
     pub client_aborts: metrics::Counter,
+    /// `sandgate_tunnels_*{route}`.
+    pub tunnels: Arc<RouteTunnels>,
 }
 
 /// A caching route's settings and its `sandgate_cache_requests_total` handles.
@@ -177,7 +180,9 @@ fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
 
 fn http2_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new()).http2_only();
+    // WebSocket over HTTP/2 (RFC 8441) is bridged to backends (`proxy::upgrade`).
     b.http2()
+        .enable_connect_protocol()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
@@ -317,6 +322,13 @@ impl Snapshot {
                     requests: CodeCounters::new(REQUESTS_TOTAL, labels.clone()),
                     duration: metrics::histogram!(REQUEST_DURATION, labels.clone()),
                     client_aborts: metrics::counter!(CLIENT_ABORTS_TOTAL, labels),
+                    // Carried over, so that the tunnels open keep counting on one gauge.
+                    tunnels: old
+                        .and_then(|o| o.route_stats.iter().find(|s| *s.name == *r.name))
+                        .map_or_else(
+                            || Arc::new(RouteTunnels::new(&r.name)),
+                            |s| Arc::clone(&s.tunnels),
+                        ),
                 }
             })
             .collect();
@@ -419,6 +431,7 @@ impl Snapshot {
         for r in &self.route_stats {
             r.requests.touch();
             crate::metrics::touch(&[&r.client_aborts]);
+            r.tunnels.touch();
         }
         for c in self.route_cache.iter().flatten() {
             c.touch_metrics();

@@ -121,6 +121,7 @@ impl Admin {
                         peer,
                         tls: uri.scheme_str() == Some("https"),
                     },
+                    activity: None,
                 };
                 let authority = uri.authority().map(|a| a.as_str().to_owned());
                 let Ok(req) = Request::get(uri).body(()) else {

@@ -349,6 +349,8 @@ pub struct Timeouts {
     pub response_header: Duration,
     /// Idle keep-alive connection lifetime.
     pub idle: Duration,
+    /// A tunnel with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 /// One pool.

@@ -543,6 +543,9 @@ pub struct RawTimeouts {
     /// How long an idle upstream keep-alive connection is kept.
     #[serde(default)]
     pub idle: Option<String>,
+    /// How long a tunnel (WebSocket) may pass no byte either way before it is closed.
+    #[serde(default)]
+    pub tunnel_idle: Option<String>,
 }
 
 /// `pools.NAME.backends[i]`.

@@ -46,6 +46,9 @@ pub struct ConnCtx {
     pub services: Arc<Services>,
     /// The connection.
     pub conn: ConnInfo,
+    /// The connection's activity (None outside a client connection, as for cache warming):
+    /// a tunnel counts it busy.
+    pub activity: Option<Arc<crate::conn::ConnState>>,
 }
 
 /// The client side of a request, owned, so that a fetch can outlive the request.
@@ -97,6 +100,8 @@ pub struct Exchange {
     pub via: bool,
     /// How the cache handled it, on caching routes.
     pub cache: Option<CacheStatus>,
+    /// The request became a tunnel, which writes the access log line when it closes.
+    pub tunnel: bool,
 }
 
 impl Exchange {
@@ -115,6 +120,7 @@ impl Exchange {
             set_cookie: None,
             via: false,
             cache: None,
+            tunnel: false,
         }
     }
 }

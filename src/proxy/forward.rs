@@ -20,9 +20,11 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::admission::Slot;
+use crate::body::ProxyBody;
 use crate::config::{Outcome, RetryConfig};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::limit::InflightSlot;
 use crate::proxy::admit::admit;
 use crate::proxy::exchange::{Client, Tried};
 use crate::proxy::record::{self, Recorded};
@@ -81,6 +83,8 @@ pub struct Outgoing {
     pub client: Client,
     /// When it arrived (slow start, rate limits).
     pub start: Instant,
+    /// A WebSocket upgrade: a `101` with `Upgrade: websocket` is an answer, not an error.
+    pub upgrade: bool,
 }
 
 /// A response head from a backend, with what its body needs.
@@ -91,6 +95,22 @@ pub struct Fetched {
     pub slot: Slot,
     /// A sticky cookie the strategy wants set.
     pub set_cookie: Option<HeaderValue>,
+}
+
+impl Fetched {
+    /// The response to the client: the backend's body streams back holding the backend's
+    /// slot and the global in-flight slot until its last byte.
+    pub fn into_response(self, inflight: InflightSlot) -> Response<ProxyBody> {
+        let (parts, body) = self.resp.into_parts();
+        Response::from_parts(
+            parts,
+            ProxyBody::Upstream {
+                body,
+                slot: self.slot,
+                inflight,
+            },
+        )
+    }
 }
 
 /// Stage: checks the body's declared size (413), keeps small bodies for replay when the pool
@@ -164,6 +184,7 @@ pub async fn prepare(
         body,
         client,
         start,
+        upgrade: false,
     })
 }
 
@@ -263,14 +284,16 @@ pub async fn fetch(
         }
 
         let mut resp = result?;
-        headers::strip_hop_by_hop(resp.headers_mut());
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // Upgrades are not proxied yet: the Upgrade header was stripped on the way in.
+        // Only the upgrade that was asked for may be answered with a switch.
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && !(out.upgrade && headers::has_token(resp.headers(), &header::UPGRADE, "websocket"))
+        {
             return Err(ProxyError::Upstream(
                 backend.authority.to_string(),
                 "unexpected 101 Switching Protocols".to_owned(),
             ));
         }
+        headers::strip_hop_by_hop(resp.headers_mut());
         return Ok(Fetched {
             resp,
             slot: admitted.slot,

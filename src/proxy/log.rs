@@ -71,7 +71,8 @@ fn finish(snap: &Snapshot, conn: &ConnInfo, method: &Method, uri: &Uri, status: 
             stats.client_aborts.increment(1);
         }
     }
-    if !accesslog::enabled() {
+    // A tunnel writes its own line when it closes (`proxy::upgrade`).
+    if x.tunnel || !accesslog::enabled() {
         return;
     }
     let backend = x
@@ -93,5 +94,6 @@ fn finish(snap: &Snapshot, conn: &ConnInfo, method: &Method, uri: &Uri, status: 
         error: x.error.unwrap_or("-"),
         detail: x.error_detail.as_deref().unwrap_or("-"),
         duration_ms: elapsed.as_secs_f64() * 1000.0,
+        tunnel: None,
     });
 }

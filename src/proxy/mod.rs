@@ -7,18 +7,21 @@
 //!    path prefix + headers -> route (404 when none); the client's address (behind trusted
 //!    proxies, whom they forwarded for)
 //! 4. [`limit::rate`]: the route's token bucket (429 with `RateLimit-*` headers)
-//! 5. [`cache::serve`] on caching routes: lookup, fresh and stale hits (answered here, before
+//! 5. [`upgrade::tunnel`] for a WebSocket upgrade (HTTP/1.1 `Upgrade`, or HTTP/2 extended
+//!    CONNECT): 7 and 8 with the upgrade headers kept; a `101` becomes a tunnel that holds
+//!    the backend's slot until it closes, anything else an ordinary response
+//! 6. [`cache::serve`] on caching routes: lookup, fresh and stale hits (answered here, before
 //!    any upstream work), coalesced fills ([`fill::run`] on its own task); on a miss it goes
-//!    through 6 and 7 itself
-//! 6. [`forward::prepare`]: declared body size (413), a replay copy when the pool retries, and
+//!    through 7 and 8 itself
+//! 7. [`forward::prepare`]: declared body size (413), a replay copy when the pool retries, and
 //!    the upstream head (hop-by-hop headers out, `X-Forwarded-*` and `Via` in)
-//! 7. [`forward::fetch`]: select + admit ([`admit::admit`]: strategy, slot, breaker permit,
+//! 8. [`forward::fetch`]: select + admit ([`admit::admit`]: strategy, slot, breaker permit,
 //!    wait queue) -> send -> record ([`record::outcome`]: breaker, metrics); a retryable
 //!    outcome goes round again on another backend
-//! 8. respond: the backend's body streams back holding its slot and the in-flight slot until
+//! 9. respond: the backend's body streams back holding its slot and the in-flight slot until
 //!    its last byte
-//! 9. [`decorate::apply`]: the per-request response headers, on every response
-//! 10. [`log::Logged`]: request metrics and the access log line, also for a request whose
+//! 10. [`decorate::apply`]: the per-request response headers, on every response
+//! 11. [`log::Logged`]: request metrics and the access log line, also for a request whose
 //!     client went away before it was answered (`client_abort`)
 
 pub mod admit;
@@ -31,6 +34,7 @@ pub mod limit;
 pub mod log;
 pub mod record;
 pub mod route;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -79,10 +83,10 @@ pub async fn handle_parts(
     };
     // Every response of a caching route says what the cache did, also when a stage before
     // the cache answered (a rate limit, a body too large).
-    let caching = x
-        .route
-        .and_then(|i| snap.route_cache.get(i))
-        .is_some_and(Option::is_some);
+    let caching = !x.tunnel
+        && x.route
+            .and_then(|i| snap.route_cache.get(i))
+            .is_some_and(Option::is_some);
     if caching && x.cache.is_none() {
         x.cache = Some(CacheStatus {
             detail: x.error,
@@ -113,6 +117,11 @@ async fn pipeline(
         .client(&parts.headers, snap.trusted_proxies.as_deref());
     x.client = Some(client.ip);
     limit::rate(snap, &routed, client.ip, &parts.headers, x)?;
+    if let Some(ask) = upgrade::asked(&parts) {
+        // Boxed, as the cache: a tunnel's setup would otherwise size every request's future.
+        let t = upgrade::tunnel(ctx, snap, &routed, ask, parts, client, x, inflight);
+        return Box::pin(t).await;
+    }
     if let Some(rc) = snap.route_cache.get(routed.index).and_then(Option::as_ref) {
         let req = cache::ClientRequest {
             parts,
@@ -123,16 +132,8 @@ async fn pipeline(
         return Box::pin(cache::serve(ctx, snap, rc, &routed, req, inflight, x)).await;
     }
     let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;
-    let fetched = forward::fetch(snap, routed.pool, out, &mut x.tried).await?;
+    let mut fetched = forward::fetch(snap, routed.pool, out, &mut x.tried).await?;
     x.via = true;
-    x.set_cookie = fetched.set_cookie;
-    let (parts, body) = fetched.resp.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::Upstream {
-            body,
-            slot: fetched.slot,
-            inflight,
-        },
-    ))
+    x.set_cookie = fetched.set_cookie.take();
+    Ok(fetched.into_response(inflight))
 }

@@ -117,7 +117,8 @@ pub fn find(snap: &Snapshot, parts: &Parts) -> Result<Routed, ProxyError> {
 
 /// Refuses request forms sandgate does not forward (CONNECT).
 pub fn supported(parts: &Parts) -> Result<(), ProxyError> {
-    if parts.method == Method::CONNECT {
+    // Extended CONNECT for a WebSocket (RFC 8441) is a tunnel; plain CONNECT is not proxied.
+    if parts.method == Method::CONNECT && super::upgrade::asked(parts).is_none() {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
     Ok(())

@@ -91,8 +91,10 @@ impl BackendConns {
         tokio::select! {
             r = self.exchange(req) => {
                 let (resp, send) = r?;
-                let conns = Arc::clone(self);
-                Ok(resp.map(|body| Pooled { body, back: Some((send, conns)) }))
+                // A connection that switched protocols belongs to its tunnel now.
+                let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| (send, Arc::clone(self)));
+                Ok(resp.map(|body| Pooled { body, back }))
             }
             () = deadline => Err(ProxyError::Timeout(self.authority.clone())),
         }
@@ -156,7 +158,8 @@ impl BackendConns {
             .map_err(|_| fail())?;
         let addr = self.addr;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // With upgrades: a 101 hands the connection to a tunnel.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(backend = %addr, error = %e, "upstream connection ended with an error");
             }
         });

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod cache;
+pub mod pki;
 mod poll;
+pub mod ws;
 
 #[allow(unused_imports)] // not every test binary polls
 pub use poll::*;

@@ -32,6 +32,11 @@ pub(super) fn validate(
             p.timeouts.idle.as_ref(),
             Duration::from_secs(90),
         ),
+        tunnel_idle: e.positive(
+            &format!("{pp}.timeouts.tunnel_idle"),
+            p.timeouts.tunnel_idle.as_ref(),
+            Duration::from_secs(3600),
+        ),
     };
     if p.backends.is_empty() {
         e.push(
