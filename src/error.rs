@@ -1,6 +1,8 @@
 //! The one mapping from a failure to what the client sees: [`ProxyError::status`] and a small
 //! JSON body carrying the request id.
 
+use std::fmt::Write as _;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -168,6 +170,58 @@ impl ProxyError {
         if self.closes() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        resp
+    }
+
+    /// The gRPC status code for this failure: 14 UNAVAILABLE when no backend could take or
+    /// answer the call, 4 DEADLINE_EXCEEDED for a timeout, 8 RESOURCE_EXHAUSTED for a rate
+    /// limit, a full or slow queue, or a message too large.
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            ProxyError::NoBackend(_)
+            | ProxyError::Connect(_)
+            | ProxyError::Upstream(..)
+            | ProxyError::Overloaded(_)
+            | ProxyError::NotCached => 14,
+            ProxyError::Timeout(_) | ProxyError::ClientTimeout(_) => 4,
+            ProxyError::RateLimited
+            | ProxyError::QueueFull(_)
+            | ProxyError::QueueTimeout(_)
+            | ProxyError::BodyTooLarge(_)
+            | ProxyError::HeadersTooLarge(_) => 8,
+            ProxyError::NoRoute => 12,
+            ProxyError::ClientAbort => 1,
+            ProxyError::BadRequest(_) => 13,
+        }
+    }
+
+    /// The answer to a gRPC call (`content-type: application/grpc*`): HTTP 200 with no body
+    /// and the status in `grpc-status` and `grpc-message` (a "Trailers-Only" response).
+    pub fn grpc_response(&self, request_id: &HeaderValue) -> Response<Bytes> {
+        let mut resp = Response::new(Bytes::new());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        // The message is percent-encoded (gRPC over HTTP/2); ours are plain ASCII, so only
+        // `%` and controls need it.
+        let mut msg = String::new();
+        for b in self.public_message().bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                msg.push(char::from(b));
+            } else {
+                let _ = write!(msg, "%{b:02X}");
+            }
+        }
+        if let Ok(v) = HeaderValue::try_from(msg) {
+            h.insert("grpc-message", v);
+        }
+        h.insert("x-request-id", request_id.clone());
         resp
     }
 

@@ -25,7 +25,6 @@ fn hop_by_hop(n: &HeaderName) -> bool {
         || *n == header::PROXY_AUTHENTICATE
         || *n == header::PROXY_AUTHORIZATION
         || *n == header::TE
-        || *n == header::TRAILER
         || *n == header::TRANSFER_ENCODING
         || *n == header::UPGRADE
 }
@@ -37,6 +36,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.keys().any(hop_by_hop) {
         return;
     }
+    // `TE: trailers` says the client takes trailers (gRPC needs it to reach the backend);
+    // it is kept, whatever else TE held. `Trailer` is not hop-by-hop (RFC 9110 section 6.6.2).
+    let trailers = has_token(h, &header::TE, "trailers");
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -56,11 +58,13 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         &header::PROXY_AUTHENTICATE,
         &header::PROXY_AUTHORIZATION,
         &header::TE,
-        &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
     ] {
         h.remove(n);
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

@@ -11,45 +11,68 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendState;
+use crate::config::Transport;
 use crate::config::{HealthConfig, HealthProbe};
 use crate::state::SharedState;
+use crate::upstream::connect;
 
 /// Most of a check response body read for `expect_body`.
 const MAX_CHECK_BODY: usize = 64 * 1024;
 
-/// One probe of `addr`; Err says why it failed.
-pub async fn probe(addr: SocketAddr, hc: &HealthConfig) -> Result<(), String> {
+/// One probe of `addr`, reached as the pool's `transport` says (TLS, HTTP/2); Err says why
+/// it failed.
+pub async fn probe(
+    addr: SocketAddr,
+    hc: &HealthConfig,
+    transport: &Transport,
+) -> Result<(), String> {
     let work = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let opened = connect::open(addr, transport, hc.timeout, false).await?;
         let HealthProbe::Http { path } = &hc.probe else {
             return Ok(());
         };
-        stream.set_nodelay(true).ok();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            // Ends when the check is done (Connection: close) or abandoned.
-            let _ = conn.await;
-        });
         let host = hc.host.clone().unwrap_or_else(|| addr.to_string());
-        let req = Request::get(path.as_str())
-            .header(header::HOST, host)
-            .header(header::USER_AGENT, "sandgate-health-check")
-            .header(header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        let io = TokioIo::new(opened.stream);
+        let resp = if opened.h2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            // Ends when the check is done and `send` is dropped, or abandoned.
+            tokio::spawn(conn);
+            let scheme = if transport.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let req = Request::get(format!("{scheme}://{host}{path}"))
+                .header(header::USER_AGENT, "sandgate-health-check")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            send.send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(async move {
+                // Ends when the check is done (Connection: close) or abandoned.
+                let _ = conn.await;
+            });
+            let req = Request::get(path.as_str())
+                .header(header::HOST, host)
+                .header(header::USER_AGENT, "sandgate-health-check")
+                .header(header::CONNECTION, "close")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            send.send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?
+        };
         let status = resp.status().as_u16();
         if !hc
             .expect_status
@@ -87,8 +110,9 @@ async fn check(
     pool: Arc<str>,
     backend: Arc<BackendState>,
     hc: Arc<HealthConfig>,
+    transport: Arc<Transport>,
 ) {
-    let result = probe(backend.addr, &hc).await;
+    let result = probe(backend.addr, &hc, &transport).await;
     if let Err(why) = &result {
         backend.set_last_check_error(why.clone());
     }
@@ -126,7 +150,7 @@ pub async fn run(state: SharedState, shutdown: CancellationToken) {
             let mut wake = now + Duration::from_secs(1);
             for p in &snap.pools {
                 let Some(hc) = &p.health else { continue };
-                for b in &p.pool.backends {
+                for (b, conns) in p.pool.backends.iter().zip(&p.conns) {
                     // A backend seen for the first time is checked at once.
                     let (at, seen) = due
                         .entry((Arc::clone(&p.pool.name), b.addr()))
@@ -138,6 +162,7 @@ pub async fn run(state: SharedState, shutdown: CancellationToken) {
                             Arc::clone(&p.pool.name),
                             Arc::clone(&b.state),
                             Arc::clone(hc),
+                            Arc::clone(&conns.settings().transport),
                         ));
                         *at = now + jittered(hc.interval, hc.jitter);
                     }

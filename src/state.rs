@@ -299,6 +299,7 @@ impl Snapshot {
                             connect: pc.timeouts.connect,
                             idle: pc.timeouts.idle,
                             max_idle: pc.max_idle_per_backend,
+                            transport: Arc::clone(&pc.transport),
                         };
                         upstreams.conns_for(&pc.name, bc.address, settings)
                     })

@@ -150,6 +150,7 @@ async fn a_refused_upgrade_is_a_response_and_the_connection_serves_the_next_requ
         .header("http2-settings", "AAMAAABkAAQAAP__")
         .body(empty())
         .unwrap();
+    send.ready().await.unwrap();
     let resp = send.send_request(h2c).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(b.last_header("upgrade"), None);

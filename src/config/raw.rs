@@ -325,6 +325,43 @@ pub struct RawPool {
     /// Idle keep-alive connections kept per backend.
     #[serde(default)]
     pub max_idle_per_backend: Option<i64>,
+    /// Connect to the backends over TLS.
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
+    /// The protocol spoken to the backends: `http1` (default), `http2`, or `auto` (ALPN).
+    #[serde(default)]
+    pub protocol: Option<UpstreamProtocol>,
+}
+
+/// `pools.NAME.tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM file of the CAs that sign the backends' certificates (default: the system roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The name the certificates must carry (default: the backend's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Verify the backends' certificates (default true).
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// A client certificate for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<RawCertificate>,
+}
+
+/// `pools.NAME.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 (with TLS through ALPN; without, prior knowledge: h2c).
+    Http2,
+    /// Whatever ALPN settles on (TLS only).
+    Auto,
 }
 
 /// `pools.NAME.health_check`.

@@ -65,6 +65,10 @@ pub async fn handle_parts(
     body: Option<Incoming>,
 ) -> Response<ProxyBody> {
     let snap = ctx.state.load_full();
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let mut done = log::Logged::new(
         &snap,
         &ctx.conn,
@@ -78,7 +82,11 @@ pub async fn handle_parts(
         Err(e) => {
             x.error = Some(e.code());
             x.error_detail = Some(e.to_string());
-            e.response(&x.request_id).map(ProxyBody::full)
+            if grpc {
+                e.grpc_response(&x.request_id).map(ProxyBody::full)
+            } else {
+                e.response(&x.request_id).map(ProxyBody::full)
+            }
         }
     };
     // Every response of a caching route says what the cache did, also when a stage before

@@ -1,9 +1,10 @@
-//! Upstream connections: one keep-alive pool per backend ([`BackendConns`], in `pool`),
-//! built on hyper's plain `client::conn::http1`, kept outside the config snapshot so that warm
+//! Upstream connections: one pool per backend ([`BackendConns`], in `pool`), built on hyper's
+//! plain `client::conn::http1` and `http2` over TCP or TLS (`connect`), kept outside the config snapshot so that warm
 //! connections survive reloads. A request picks its backend's pool by index: no pool key is
 //! hashed and no lock is taken on the request path (idle connections sit in a lock-free
 //! queue). The registry ([`Upstreams`]) is consulted only when a snapshot is built.
 
+pub mod connect;
 mod pool;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 
+use crate::config::Transport;
 use crate::error::ProxyError;
 use crate::reqbody::{ClientBody, ClientBodyError};
 
@@ -25,14 +27,16 @@ pub use pool::{BackendConns, Pooled};
 pub type UpstreamBody = Either<Limited<ClientBody>, Full<Bytes>>;
 
 /// How a backend's pool connects and keeps connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
-    /// TCP connect timeout.
+    /// TCP connect timeout (TLS handshake included).
     pub connect: Duration,
     /// How long an idle connection is kept.
     pub idle: Duration,
     /// Idle connections kept at most.
     pub max_idle: usize,
+    /// TLS and protocol.
+    pub transport: Arc<Transport>,
 }
 
 /// A backend's identity among the pools: pool name and address.
@@ -53,7 +57,7 @@ impl Upstreams {
         let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let key = (Arc::<str>::from(pool), addr);
         match map.get(&key) {
-            Some(c) if c.settings() == s => Arc::clone(c),
+            Some(c) if *c.settings() == s => Arc::clone(c),
             _ => {
                 let c = Arc::new(BackendConns::new(addr, s));
                 map.insert(key, Arc::clone(&c));

@@ -1,7 +1,11 @@
-//! One backend's keep-alive pool. Idle connections wait in a lock-free queue; a request takes
-//! one (or opens one: TCP connect within the connect timeout, `TCP_NODELAY`, an HTTP/1.1
-//! handshake whose connection task runs on its own), and the response body gives it back
-//! once the response has been read to its end.
+//! One backend's connections.
+//!
+//! - HTTP/1.1: idle keep-alive connections wait in a lock-free queue; a request takes one
+//!   (or opens one, see [`super::connect`]), and the response body gives it back once the
+//!   response has been read to its end. A `101` leaves the connection to its tunnel.
+//! - HTTP/2 (`protocol: http2`, or `auto` when ALPN picks h2): one multiplexed connection per
+//!   worker, shared by every request; a closed one is replaced on the next request.
+//!   Upgrades still open HTTP/1.1 connections.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,17 +14,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::{classify, PoolSettings, UpstreamBody};
+use super::{classify, connect, PoolSettings, UpstreamBody};
 use crate::error::ProxyError;
 use crate::reqbody::Sent;
 use crate::worker;
@@ -36,6 +40,14 @@ struct Idle {
     since: Instant,
 }
 
+type H2Send = hyper::client::conn::http2::SendRequest<UpstreamBody>;
+
+/// A connection ready for one request.
+enum Sender {
+    H1(SendRequest<UpstreamBody>),
+    H2(H2Send),
+}
+
 /// The keep-alive connections of one backend.
 pub struct BackendConns {
     addr: SocketAddr,
@@ -44,6 +56,8 @@ pub struct BackendConns {
     /// Idle connections, per worker ([`crate::worker`]): a connection is used only by the
     /// thread whose runtime drives it.
     idle: Box<[ArrayQueue<Idle>]>,
+    /// The HTTP/2 connection of each worker, once there is one.
+    h2: Box<[ArcSwapOption<H2Send>]>,
     opened: AtomicU64,
     reused: AtomicU64,
 }
@@ -54,18 +68,21 @@ impl BackendConns {
         Self {
             addr,
             authority: addr.to_string(),
-            settings,
             idle: (0..worker::count())
                 .map(|_| ArrayQueue::new(settings.max_idle.max(1)))
                 .collect(),
+            h2: (0..worker::count())
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
+            settings,
             opened: AtomicU64::new(0),
             reused: AtomicU64::new(0),
         }
     }
 
     /// The pool's settings.
-    pub fn settings(&self) -> PoolSettings {
-        self.settings
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
     }
 
     /// Connections opened, and requests sent on a reused connection, so far.
@@ -91,9 +108,11 @@ impl BackendConns {
         tokio::select! {
             r = self.exchange(req) => {
                 let (resp, send) = r?;
-                // A connection that switched protocols belongs to its tunnel now.
-                let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-                    .then(|| (send, Arc::clone(self)));
+                // A connection that switched protocols belongs to its tunnel now; an HTTP/2
+                // one is not given back (it is shared).
+                let back = send
+                    .filter(|_| resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                    .map(|send| (send, Arc::clone(self)));
                 Ok(resp.map(|body| Pooled { body, back }))
             }
             () = deadline => Err(ProxyError::Timeout(self.authority.clone())),
@@ -103,28 +122,80 @@ impl BackendConns {
     async fn exchange(
         &self,
         mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), ProxyError> {
+        let upgrade = req.headers().contains_key(http::header::UPGRADE);
         for _ in 0..STALE_TRIES {
-            let (mut send, reused) = self.checkout().await?;
-            match send.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, send)),
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection closed just before the request went out: nothing
-                    // reached the backend, so it goes on another connection.
-                    Some(back) if reused => req = back,
-                    _ => return Err(classify(&e.into_error(), &self.authority)),
+            let (send, reused) = self.checkout(upgrade).await?;
+            let result = match send {
+                Sender::H1(mut send) => match send.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Some(send))),
+                    Err(e) => e,
                 },
+                Sender::H2(mut send) => {
+                    self.h2_form(&mut req);
+                    match send.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, None)),
+                        Err(e) => e,
+                    }
+                }
+            };
+            let mut e = result;
+            match e.take_message() {
+                // A pooled connection closed just before the request went out: nothing
+                // reached the backend, so it goes on another connection.
+                Some(back) if reused => req = back,
+                _ => return Err(classify(&e.into_error(), &self.authority)),
             }
         }
-        let mut send = Box::pin(self.connect()).await?;
-        match send.try_send_request(req).await {
-            Ok(resp) => Ok((resp, send)),
-            Err(e) => Err(classify(&e.into_error(), &self.authority)),
+        match Box::pin(self.connect(upgrade)).await? {
+            Sender::H1(mut send) => match send.try_send_request(req).await {
+                Ok(resp) => Ok((resp, Some(send))),
+                Err(e) => Err(classify(&e.into_error(), &self.authority)),
+            },
+            Sender::H2(mut send) => {
+                self.h2_form(&mut req);
+                match send.try_send_request(req).await {
+                    Ok(resp) => Ok((resp, None)),
+                    Err(e) => Err(classify(&e.into_error(), &self.authority)),
+                }
+            }
         }
     }
 
-    /// An idle connection ready for a request (and true), or a new one (and false).
-    async fn checkout(&self) -> Result<(SendRequest<UpstreamBody>, bool), ProxyError> {
+    /// HTTP/2 carries the target as `:scheme` and `:authority`: the absolute form, with the
+    /// authority the `Host` header names (they must agree).
+    fn h2_form(&self, req: &mut Request<UpstreamBody>) {
+        let scheme = if self.settings.transport.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let authority = req
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| http::uri::Authority::try_from(self.authority.as_str()).ok());
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(scheme);
+        parts.authority = authority;
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+    }
+
+    /// A connection ready for a request: the worker's HTTP/2 one, an idle HTTP/1.1 one (and
+    /// true: reused), or a new one (and false). `upgrade` asks for HTTP/1.1.
+    async fn checkout(&self, upgrade: bool) -> Result<(Sender, bool), ProxyError> {
+        if !upgrade {
+            if let Some(h2) = self.h2_here().load_full() {
+                if !h2.is_closed() {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok((Sender::H2((*h2).clone()), true));
+                }
+                self.h2_here().store(None);
+            }
+        }
         let idle = self.idle_here();
         while let Some(mut i) = idle.pop() {
             if i.since.elapsed() > self.settings.idle || i.send.is_closed() {
@@ -137,34 +208,51 @@ impl BackendConns {
                 );
             if ready {
                 self.reused.fetch_add(1, Ordering::Relaxed);
-                return Ok((i.send, true));
+                return Ok((Sender::H1(i.send), true));
             }
         }
         // Boxed: a connect's states would otherwise size every request's future.
-        Ok((Box::pin(self.connect()).await?, false))
+        Ok((Box::pin(self.connect(upgrade)).await?, false))
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, ProxyError> {
-        let fail = || ProxyError::Connect(self.authority.clone());
-        let stream = tokio::time::timeout(self.settings.connect, TcpStream::connect(self.addr))
+    async fn connect(&self, http1_only: bool) -> Result<Sender, ProxyError> {
+        let t = &self.settings.transport;
+        let opened = connect::open(self.addr, t, self.settings.connect, http1_only)
             .await
-            .map_err(|_| fail())?
-            .map_err(|_| fail())?;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(backend = %self.addr, error = %e, "set_nodelay failed");
-        }
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| fail())?;
+            .map_err(|why| self.connect_error(&why))?;
+        let io = TokioIo::new(opened.stream);
         let addr = self.addr;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        if opened.h2 {
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| self.connect_error(&format!("HTTP/2 handshake: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(backend = %addr, error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            self.h2_here().store(Some(Arc::new(send.clone())));
+            return Ok(Sender::H2(send));
+        }
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| self.connect_error(&format!("handshake: {e}")))?;
         tokio::spawn(async move {
             // With upgrades: a 101 hands the connection to a tunnel.
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(backend = %addr, error = %e, "upstream connection ended with an error");
             }
         });
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(send)
+        Ok(Sender::H1(send))
+    }
+
+    /// A failed connect: a `connect_error` outcome, its reason in the log.
+    fn connect_error(&self, why: &str) -> ProxyError {
+        tracing::debug!(backend = %self.addr, reason = why, "cannot connect to backend");
+        ProxyError::Connect(format!("{} ({why})", self.authority))
     }
 
     /// Keeps a connection whose response was read to its end, if there is room.
@@ -195,6 +283,11 @@ impl BackendConns {
     /// The idle connections of this thread's worker.
     fn idle_here(&self) -> &ArrayQueue<Idle> {
         &self.idle[worker::index().min(self.idle.len() - 1)]
+    }
+
+    /// The HTTP/2 connection of this thread's worker.
+    fn h2_here(&self) -> &ArcSwapOption<H2Send> {
+        &self.h2[worker::index().min(self.h2.len() - 1)]
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cache;
+pub mod grpc;
 pub mod pki;
 mod poll;
 pub mod ws;

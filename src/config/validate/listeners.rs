@@ -84,7 +84,7 @@ pub(super) fn validate(e: &mut Errors<'_>, raw: &RawConfig, base: &Path) -> Vec<
     listeners
 }
 
-fn read_certs(
+pub(super) fn read_certs(
     e: &mut Errors<'_>,
     path: &str,
     base: &Path,
@@ -111,7 +111,7 @@ fn read_certs(
     }
 }
 
-fn read_key(
+pub(super) fn read_key(
     e: &mut Errors<'_>,
     path: &str,
     base: &Path,

@@ -7,6 +7,7 @@ mod pools;
 mod protection;
 mod routes;
 mod strategies;
+mod transport;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{protection, strategies, Errors, MAX_WEIGHT};
+use super::{protection, strategies, transport, Errors, MAX_WEIGHT};
 use crate::config::raw::{RawPool, StrategyKind};
 use crate::config::{BackendConfig, PoolConfig, QueueConfig, Timeouts};
 
@@ -188,5 +188,6 @@ pub(super) fn validate(
                 Some(100_000),
             )
             .unwrap_or(32) as usize,
+        transport: transport::validate(e, &pp, p, base, warnings),
     }
 }
