@@ -86,6 +86,9 @@ pub const CACHE_REDIS_DROPPED_TOTAL: &str = "sandgate_cache_redis_dropped_total"
 /// `sandgate_task_restarts_total{task}`: background tasks restarted after a panic
 pub const TASK_RESTARTS_TOTAL: &str = "sandgate_task_restarts_total";
 
+/// `sandgate_proxy_protocol_rejected_total{listener,reason}` (`untrusted`, `malformed`,
+/// `timeout`, `closed`)
+pub const PROXY_PROTOCOL_REJECTED_TOTAL: &str = "sandgate_proxy_protocol_rejected_total";
 /// `sandgate_tunnels_open{route}` (gauge): WebSocket tunnels open
 pub const TUNNELS_OPEN: &str = "sandgate_tunnels_open";
 /// `sandgate_tunnels_total{route,result}` (`upgraded`, `refused`, `error`)
@@ -183,6 +186,10 @@ fn describe() {
     describe_counter!(
         CACHE_REDIS_DROPPED_TOTAL,
         "Writes to Redis dropped because its queue was full."
+    );
+    describe_counter!(
+        PROXY_PROTOCOL_REJECTED_TOTAL,
+        "Connections closed for their PROXY protocol header, by listener and reason."
     );
     describe_gauge!(TUNNELS_OPEN, "WebSocket tunnels open, by route.");
     describe_counter!(

@@ -22,8 +22,9 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::keepalive;
 use crate::limit::{ConnSlot, Shedder};
-use crate::metrics::{CONNECTIONS_OPEN, WORKER_CONNECTIONS_TOTAL};
+use crate::metrics::{CONNECTIONS_OPEN, PROXY_PROTOCOL_REJECTED_TOTAL, WORKER_CONNECTIONS_TOTAL};
 use crate::proxy::{self, ConnCtx, ConnInfo};
+use crate::proxy_header;
 use crate::services::Services;
 use crate::state::{SharedState, Snapshot};
 
@@ -146,7 +147,7 @@ async fn refuse(mut stream: TcpStream, tls: bool) {
 }
 
 async fn connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     mut ctx: ConnCtx,
     snap: Arc<Snapshot>,
     open: Gauge,
@@ -161,9 +162,25 @@ async fn connection(
         keepalive: snap.limits.keepalive_timeout,
         send: snap.limits.send_timeout,
     };
-    let tls = snap
-        .listener(&ctx.conn.listener)
-        .and_then(|l| l.tls.clone());
+    let listener = snap.listener(&ctx.conn.listener);
+    let tls = listener.and_then(|l| l.tls.clone());
+    if let Some(trusted) = listener.and_then(|l| l.proxy_protocol.clone()) {
+        // Behind an L4 balancer: its PROXY header names the client.
+        let deadline = tokio::time::Instant::now() + timers.header_read;
+        let read = proxy_header::read(&mut stream, ctx.conn.peer, &trusted, deadline);
+        match Box::pin(read).await {
+            Ok(client) => ctx.conn.peer = client,
+            Err(why) => {
+                metrics::counter!(
+                    PROXY_PROTOCOL_REJECTED_TOTAL,
+                    "listener" => ctx.conn.listener.to_string(),
+                    "reason" => why.as_str()
+                )
+                .increment(1);
+                return tracing::debug!(peer = %ctx.conn.peer, reason = why.as_str(), "PROXY protocol header refused; closing");
+            }
+        }
+    }
     let protocols = Protocols {
         http1: Arc::clone(&snap.http1),
         http2: Arc::clone(&snap.http2),

@@ -132,6 +132,8 @@ pub struct ListenerEntry {
     pub address: SocketAddr,
     /// TLS acceptor, for TLS listeners.
     pub tls: Option<TlsAcceptor>,
+    /// Sources allowed to send a PROXY protocol header (None: the listener takes none).
+    pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
 
 /// One config generation.
@@ -207,6 +209,7 @@ impl Snapshot {
                         name: Arc::from(l.name.as_str()),
                         address: l.address,
                         tls: l.tls.as_deref().map(tls::acceptor).transpose()?,
+                        proxy_protocol: l.proxy_protocol.as_deref().map(Arc::from),
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?,
@@ -220,10 +223,16 @@ impl Snapshot {
                         (Some(pairs), Some(_)) => Some(tls::acceptor(pairs)?),
                         (_, old_tls) => old_tls.clone(),
                     };
+                    // The PROXY protocol setting applies to new connections at once.
+                    let proxy_protocol = match new {
+                        Some(l) => l.proxy_protocol.as_deref().map(Arc::from),
+                        None => ol.proxy_protocol.clone(),
+                    };
                     Ok(ListenerEntry {
                         name: Arc::clone(&ol.name),
                         address: ol.address,
                         tls,
+                        proxy_protocol,
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?,

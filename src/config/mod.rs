@@ -95,6 +95,8 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// TLS certificates, if TLS is terminated here.
     pub tls: Option<Vec<CertificatePair>>,
+    /// Sources allowed to send a PROXY protocol header, when the listener takes one.
+    pub proxy_protocol: Option<Vec<ipnet::IpNet>>,
 }
 
 /// A loaded certificate chain and key, read from PEM files.

@@ -100,6 +100,18 @@ pub struct RawListener {
     /// Optional TLS termination.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// Accept the PROXY protocol (v1 or v2) from these sources.
+    #[serde(default)]
+    pub proxy_protocol: Option<RawProxyProtocol>,
+}
+
+/// `listeners[i].proxy_protocol`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    /// CIDRs (or addresses) allowed to send a PROXY header; every connection from them must
+    /// start with one, and connections from elsewhere are closed.
+    pub trusted: Vec<String>,
 }
 
 /// `listeners[i].tls`.

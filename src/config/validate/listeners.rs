@@ -72,11 +72,25 @@ pub(super) fn validate(e: &mut Errors<'_>, raw: &RawConfig, base: &Path) -> Vec<
             }
             pairs
         });
+        let proxy_protocol = l.proxy_protocol.as_ref().map(|pp| {
+            if pp.trusted.is_empty() {
+                e.push(
+                    format!("{p}.proxy_protocol.trusted"),
+                    "name at least one source allowed to send PROXY headers",
+                );
+            }
+            pp.trusted
+                .iter()
+                .enumerate()
+                .filter_map(|(j, t)| e.net(format!("{p}.proxy_protocol.trusted[{j}]"), t))
+                .collect()
+        });
         if let Some(address) = address {
             listeners.push(ListenerConfig {
                 name: l.name.clone(),
                 address,
                 tls,
+                proxy_protocol,
             });
         }
     }
