@@ -32,6 +32,31 @@ fn check_accepts_a_valid_file() {
 }
 
 #[test]
+fn check_warns_about_unverified_backends_and_rejects_bad_transports_with_lines() {
+    let (code, out, err) = check(
+        "listeners: [{ name: p, address: 127.0.0.1:8080 }]\nroutes: [{ name: r, pool: s }]\npools:\n  s: { tls: { verify: false }, backends: [{ address: 127.0.0.1:9001 }] }\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "ok");
+    assert!(
+        err.contains("warning: pools.s.tls.verify: false"),
+        "the check warns: {err}"
+    );
+    let (code, _, err) = check(
+        "listeners: [{ name: p, address: 127.0.0.1:8080, proxy_protocol: { trusted: [not-a-cidr] } }]\nroutes: [{ name: r, pool: s }]\npools:\n  s:\n    protocol: auto\n    backends: [{ address: 127.0.0.1:9001 }]\n  t:\n    tls: { ca_file: /nonexistent/ca.pem, server_name: \"bad name!\" }\n    backends: [{ address: 127.0.0.1:9002 }]\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "listeners[0].proxy_protocol.trusted[0]",
+        "pools.s.protocol",
+        "pools.t.tls.ca_file",
+        "pools.t.tls.server_name",
+    ] {
+        assert!(err.contains(want), "{want} missing from:\n{err}");
+    }
+}
+
+#[test]
 fn check_lists_every_error_with_its_line() {
     let yaml = "\
 listeners:
@@ -133,6 +158,21 @@ fn config_example_passes_check() {
         "0123456789abcdef0123456789abcdef\n",
     )
     .unwrap();
+    // Backend TLS: a CA and a client certificate signed by it.
+    assert!(example.contains("/etc/sandgate/backend-ca.pem"));
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.path().join("backend-ca.pem"), ca.pem()).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["sandgate.client".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    assert!(example.contains("/etc/sandgate/client.pem"));
+    std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
     assert!(example.contains("/etc/sandgate/admin.token"));
     std::fs::write(
         dir.path().join("admin.token"),

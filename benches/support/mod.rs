@@ -5,6 +5,7 @@
 pub mod load;
 pub mod probe;
 pub mod tools;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::io::{BufRead, Write};
