@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::admission::Slot;
 use crate::cache::fill::FillBody;
+use crate::conn::InFlight;
 use crate::limit::InflightSlot;
 use crate::upstream::Pooled;
 
@@ -78,5 +79,41 @@ impl Body for ProxyBody {
             ProxyBody::Fill { body, .. } => body.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+pub struct Tracked<B> {
+    body: B,
+    _inflight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    /// Wraps `body`.
+    pub fn new(body: B, inflight: InFlight) -> Self {
+        Self {
+            body,
+            _inflight: inflight,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::conn::{ConnState, TimedIo, Timers, Tracked};
+use crate::body::Tracked;
+use crate::conn::{ConnState, TimedIo, Timers};
 
 fn framing_of(chunks: &[&[u8]]) -> Framing {
     let mut f = Framing::new(0);

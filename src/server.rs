@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{self, ConnState, Graceful, TimedIo, Tracked};
+use crate::body::Tracked;
+use crate::conn::{self, ConnState, Graceful, TimedIo};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::keepalive;

@@ -55,22 +55,38 @@ async fn websocket_echo_over_http1_with_headers_metrics_and_a_log_line() {
     assert!(b.last_header("x-forwarded-for").is_some());
 
     echo(&mut ws, Message::text("hello sandbox")).await;
+    // A reload that takes the backend out of the pool leaves the open tunnel alone; new
+    // sessions go to the new backend.
+    let b2 = ws_backend("plain").await;
+    let applied = proxy.reload(&ws_config(&format!(
+        "    backends: [{{ address: {} }}]\n",
+        b2.addr()
+    )));
+    assert!(matches!(applied, Reload::Applied(_)), "{applied:?}");
+    let mut other = ws_connect(addr, "/other").await.unwrap();
+    echo(&mut other, Message::text("to the new backend")).await;
+    assert_eq!((b.open(), b2.open()), (1, 1));
+    drop(other);
     echo(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
     let big = Message::binary(vec![7u8; 200_000]);
     echo(&mut ws, big).await;
 
+    wait_until(|| b2.open() == 0).await;
+    wait_until_async(|| async {
+        metric(
+            &metrics_text(&proxy).await,
+            "sandgate_tunnels_open{route=\"all\"}",
+        ) == Some(1.0)
+    })
+    .await;
     let m = metrics_text(&proxy).await;
-    assert_eq!(
-        metric(&m, "sandgate_tunnels_open{route=\"all\"}"),
-        Some(1.0),
-        "{m}"
-    );
     assert_eq!(
         metric(
             &m,
             "sandgate_tunnels_total{route=\"all\",result=\"upgraded\"}"
         ),
-        Some(1.0)
+        Some(2.0),
+        "{m}"
     );
     let up = metric(
         &m,
@@ -88,7 +104,9 @@ async fn websocket_echo_over_http1_with_headers_metrics_and_a_log_line() {
     // The backend answers the close and goes; the tunnel ends and logs one line.
     let line = proxy
         .logs
-        .wait_for(Duration::from_secs(10), |v| v["tunnel"].is_string())
+        .wait_for(Duration::from_secs(10), |v| {
+            v["tunnel"].is_string() && v["path"] == "/term"
+        })
         .expect("a tunnel log line");
     assert_eq!(line["status"], 101);
     assert_eq!(line["path"], "/term");

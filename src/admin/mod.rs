@@ -23,7 +23,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{self, ConnState, TimedIo, Tracked};
+use crate::body::Tracked;
+use crate::conn::{self, ConnState, TimedIo};
 use crate::limit::Shedder;
 use crate::services::Services;
 use crate::state::SharedState;

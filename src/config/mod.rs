@@ -3,6 +3,7 @@
 
 pub mod lines;
 pub mod raw;
+mod raw_protection;
 pub mod validate;
 
 use std::fmt;

@@ -4,11 +4,14 @@
 
 pub mod cache;
 pub mod grpc;
+mod load;
 pub mod pki;
 mod poll;
 pub mod ws;
 
-#[allow(unused_imports)] // not every test binary polls
+#[allow(unused_imports)] // not every test binary polls or loads
+pub use load::*;
+#[allow(unused_imports)]
 pub use poll::*;
 
 use std::collections::HashMap;
@@ -519,51 +522,6 @@ pub async fn open_stream(url: &str) -> Incoming {
         .expect("request failed");
     assert_eq!(resp.status(), 200);
     resp.into_body()
-}
-
-/// Keep-alive GET load from `workers` clients until `stop` is set (bounded: at most 20 000
-/// requests each). Returns (ok, failed) once stopped.
-pub fn load_workers(
-    url: &str,
-    workers: usize,
-    stop: &Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(u32, u32)>> {
-    (0..workers)
-        .map(|_| {
-            let (url, stop) = (url.to_owned(), Arc::clone(stop));
-            tokio::spawn(async move {
-                let c = client();
-                let (mut ok, mut failed) = (0u32, 0u32);
-                for _ in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match c
-                        .request(Request::get(&url).body(empty()).expect("request"))
-                        .await
-                    {
-                        Ok(r) if r.status() == 200 => {
-                            let _ = r.into_body().collect().await;
-                            ok += 1;
-                        }
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect()
-}
-
-/// Sums the (ok, failed) counts of [`load_workers`].
-pub async fn load_totals(workers: Vec<tokio::task::JoinHandle<(u32, u32)>>) -> (u32, u32) {
-    let (mut ok, mut failed) = (0, 0);
-    for w in workers {
-        let (o, f) = w.await.expect("load worker");
-        ok += o;
-        failed += f;
-    }
-    (ok, failed)
 }
 
 /// The next data chunk of a streaming body (5 s limit).
