@@ -188,3 +188,28 @@ async fn a_failed_grpc_call_is_answered_the_grpc_way() {
     assert_eq!(resp.headers()["grpc-status"], "14", "UNAVAILABLE: {resp:?}");
     assert!(resp.headers().contains_key("grpc-message"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_reach_tls_and_http2_backends_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), &["sandbox.internal"]);
+    let tls = tls_backend(dir.path(), "sandbox.internal", None).await;
+    // Both start unhealthy: only a check that speaks TLS (and HTTP/2) makes them usable.
+    let checks = "health_check: { path: /healthz, interval: 200ms, jitter: 0%, timeout: 150ms, healthy_threshold: 1, initial_state: unhealthy }";
+    let yaml = format!(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n\
+         routes:\n  - {{ name: h1, pool: h1, match: {{ path_prefix: /h1 }} }}\n  - {{ name: h2, pool: h2 }}\n\
+         pools:\n\
+         \x20 h1: {{ {checks}, tls: {{ ca_file: ca.pem, server_name: sandbox.internal }}, backends: [{{ address: {tls} }}] }}\n\
+         \x20 h2: {{ {checks}, protocol: http2, tls: {{ ca_file: ca.pem, server_name: sandbox.internal }}, backends: [{{ address: {tls} }}] }}\n"
+    );
+    let proxy = spawn_proxy_in(dir, &yaml);
+    for path in ["/h1/x", "/h2/x"] {
+        let url = proxy.url("public", path);
+        wait_until_async(|| async { get(&url).await.status == 200 }).await;
+    }
+    assert_eq!(
+        get(&proxy.url("public", "/h2/x")).await.text(),
+        "proto=HTTP/2.0 client_cert=false"
+    );
+}
