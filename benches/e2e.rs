@@ -46,19 +46,7 @@ fn start(
     args: &[String],
     ports: (u16, Option<u16>),
 ) -> Option<Target> {
-    let proc = Proc(
-        limited(bin, Some(0))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?,
-    );
-    if !wait_port(ports.0) {
-        println!("{name}: did not start, skipped");
-        return None;
-    }
+    let proc = tools::start_proxy(name, bin, args, ports.0)?;
     Some(Target {
         name,
         port: ports.0,

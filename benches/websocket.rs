@@ -15,12 +15,11 @@ mod support;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::load::{cpu_seconds, env_u64, which};
-use support::tools::{limited, rss_kib};
-use support::{free_port, read_line, spawn_role, wait_port, Proc};
+use support::tools::rss_kib;
+use support::{free_port, read_line, spawn_role, Proc};
 
 fn main() {
     let ws_role = |role: &str| {
@@ -80,20 +79,7 @@ fn sandgate_ws_conf(port: u16, origin: u16) -> String {
 }
 
 fn start(name: &'static str, bin: &str, args: &[String], port: u16) -> Option<Target> {
-    let proc = Proc(
-        limited(bin, Some(0))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?,
-    );
-    if !wait_port(port) {
-        println!("{name}: did not start, skipped");
-        return None;
-    }
-    // The shell execs the proxy, so the child's pid is the proxy's.
+    let proc = support::tools::start_proxy(name, bin, args, port)?;
     let pid = Some(proc.0.id());
     Some(Target {
         name,

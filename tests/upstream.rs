@@ -13,6 +13,22 @@ fn pool_config(pool: &str) -> String {
     basic_config(pool)
 }
 
+/// sandgate in front of `backend` with `protocol: http2`, and an h2c client to it.
+async fn grpc_proxy(
+    backend: std::net::SocketAddr,
+) -> (
+    Proxy,
+    std::net::SocketAddr,
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+) {
+    let proxy = spawn_proxy(&pool_config(&format!(
+        "    protocol: http2\n    backends: [{{ address: {backend} }}]\n"
+    )));
+    let addr = proxy.listeners["public"];
+    let send = h2c(addr).await;
+    (proxy, addr, send)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_backends_are_verified_by_name_and_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,12 +137,7 @@ async fn http2_to_backends_over_tls_and_h2c_multiplexes_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_server_streaming_keep_their_trailers_and_are_not_buffered() {
     let grpc = grpc_backend().await;
-    let proxy = spawn_proxy(&pool_config(&format!(
-        "    protocol: http2\n    backends: [{{ address: {} }}]\n",
-        grpc.addr
-    )));
-    let addr = proxy.listeners["public"];
-    let mut send = h2c(addr).await;
+    let (_proxy, addr, mut send) = grpc_proxy(grpc.addr).await;
 
     let resp = send
         .send_request(call(addr, "/echo.Echo/Unary", b"ping"))
@@ -173,12 +184,7 @@ async fn grpc_unary_and_server_streaming_keep_their_trailers_and_are_not_buffere
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_grpc_call_is_answered_the_grpc_way() {
-    let proxy = spawn_proxy(&pool_config(&format!(
-        "    protocol: http2\n    backends: [{{ address: {} }}]\n",
-        closed_port()
-    )));
-    let addr = proxy.listeners["public"];
-    let mut send = h2c(addr).await;
+    let (_proxy, addr, mut send) = grpc_proxy(closed_port()).await;
     let resp = send
         .send_request(call(addr, "/echo.Echo/Unary", b"ping"))
         .await

@@ -17,17 +17,17 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-fn ws_config(pool: &str) -> String {
-    basic_config(pool)
+/// One route to one pool at `backend`, with `extra` pool settings (YAML lines).
+fn ws_config(extra: &str, backend: std::net::SocketAddr) -> String {
+    basic_config(&format!(
+        "{extra}    backends: [{{ address: {backend} }}]\n"
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_over_http1_with_headers_metrics_and_a_log_line() {
     let b = ws_backend("plain").await;
-    let proxy = spawn_proxy(&ws_config(&format!(
-        "    backends: [{{ address: {} }}]\n",
-        b.addr()
-    )));
+    let proxy = spawn_proxy(&ws_config("", b.addr()));
     let addr = proxy.listeners["public"];
     let tcp = TcpStream::connect(addr).await.unwrap();
     let req = tokio_tungstenite::tungstenite::http::Request::builder()
@@ -58,10 +58,7 @@ async fn websocket_echo_over_http1_with_headers_metrics_and_a_log_line() {
     // A reload that takes the backend out of the pool leaves the open tunnel alone; new
     // sessions go to the new backend.
     let b2 = ws_backend("plain").await;
-    let applied = proxy.reload(&ws_config(&format!(
-        "    backends: [{{ address: {} }}]\n",
-        b2.addr()
-    )));
+    let applied = proxy.reload(&ws_config("", b2.addr()));
     assert!(matches!(applied, Reload::Applied(_)), "{applied:?}");
     let mut other = ws_connect(addr, "/other").await.unwrap();
     echo(&mut other, Message::text("to the new backend")).await;
@@ -126,10 +123,7 @@ async fn websocket_echo_over_http1_with_headers_metrics_and_a_log_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upgrade_is_a_response_and_the_connection_serves_the_next_request() {
     let b = ws_backend("plain answer").await;
-    let proxy = spawn_proxy(&ws_config(&format!(
-        "    backends: [{{ address: {} }}]\n",
-        b.addr()
-    )));
+    let proxy = spawn_proxy(&ws_config("", b.addr()));
     let addr = proxy.listeners["public"];
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -188,10 +182,7 @@ async fn a_refused_upgrade_is_a_response_and_the_connection_serves_the_next_requ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_http2_extended_connect_is_bridged_to_an_http1_upgrade() {
     let b = ws_backend("plain").await;
-    let proxy = spawn_proxy(&ws_config(&format!(
-        "    backends: [{{ address: {} }}]\n",
-        b.addr()
-    )));
+    let proxy = spawn_proxy(&ws_config("", b.addr()));
     let (head, mut ws) = ws_connect_h2(proxy.listeners["public"], "/lsp").await;
     assert!(head.headers.get("sec-websocket-accept").is_none());
     assert_eq!(b.last_header("upgrade").as_deref(), Some("websocket"));
@@ -210,7 +201,7 @@ async fn least_connections_spreads_long_lived_sessions_evenly() {
         ws_backend("b").await,
         ws_backend("c").await,
     ];
-    let proxy = spawn_proxy(&ws_config(&format!(
+    let proxy = spawn_proxy(&basic_config(&format!(
         "    strategy: least_connections\n    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n      - {{ address: {} }}\n",
         bs[0].addr(),
         bs[1].addr(),
@@ -232,10 +223,10 @@ async fn least_connections_spreads_long_lived_sessions_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_tunnels_to_the_cap() {
     let b = ws_backend("plain").await;
-    let proxy = spawn_proxy(&ws_config(&format!(
-        "    max_connections: 2\n    queue: {{ max: 1, timeout: 300ms }}\n    backends: [{{ address: {} }}]\n",
-        b.addr()
-    )));
+    let proxy = spawn_proxy(&ws_config(
+        "    max_connections: 2\n    queue: { max: 1, timeout: 300ms }\n",
+        b.addr(),
+    ));
     let addr = proxy.listeners["public"];
     let mut one = ws_connect(addr, "/1").await.unwrap();
     let mut two = ws_connect(addr, "/2").await.unwrap();
@@ -269,10 +260,7 @@ async fn max_connections_holds_tunnels_to_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_tunnel_idle() {
     let b = ws_backend("plain").await;
-    let proxy = spawn_proxy(&ws_config(&format!(
-        "    timeouts: {{ tunnel_idle: 1s }}\n    backends: [{{ address: {} }}]\n",
-        b.addr()
-    )));
+    let proxy = spawn_proxy(&ws_config("    timeouts: { tunnel_idle: 1s }\n", b.addr()));
     let mut ws = ws_connect(proxy.listeners["public"], "/idle")
         .await
         .unwrap();
@@ -296,7 +284,7 @@ async fn sigterm_closes_tunnels_with_1001_after_the_grace() {
     let b = ws_backend("plain").await;
     let yaml = format!(
         "runtime: {{ shutdown_grace: 1s }}\n{}",
-        ws_config(&format!("    backends: [{{ address: {} }}]\n", b.addr()))
+        ws_config("", b.addr())
     );
     let mut proxy = spawn_proxy(&yaml);
     let mut ws = ws_connect(proxy.listeners["public"], "/long")

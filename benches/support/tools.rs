@@ -201,3 +201,23 @@ pub fn sandgate_conf(port: u16, origin: u16) -> String {
          backends: [{{ address: 127.0.0.1:{origin} }}]\n"
     )
 }
+
+/// Starts `bin` with `args` as a proxy pinned to CPU 0, with its open-file limit raised and
+/// its output discarded; None (with a message) when it does not listen on `port` within
+/// 10 s. The shell execs the proxy, so the child's pid is the proxy's.
+pub fn start_proxy(name: &str, bin: &str, args: &[String], port: u16) -> Option<super::Proc> {
+    let proc = super::Proc(
+        limited(bin, Some(0))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?,
+    );
+    if !super::wait_port(port) {
+        println!("{name}: did not start, skipped");
+        return None;
+    }
+    Some(proc)
+}

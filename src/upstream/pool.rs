@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::{classify, connect, PoolSettings, UpstreamBody};
+use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::reqbody::Sent;
 use crate::worker;
@@ -123,7 +124,9 @@ impl BackendConns {
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Option<SendRequest<UpstreamBody>>), ProxyError> {
-        let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        // Only a pool that may speak HTTP/2 tells upgrades (which need HTTP/1.1) apart.
+        let h2 = self.settings.transport.protocol != UpstreamProtocol::Http1;
+        let upgrade = h2 && req.headers().contains_key(http::header::UPGRADE);
         for _ in 0..STALE_TRIES {
             let (send, reused) = self.checkout(upgrade).await?;
             let result = match send {
@@ -187,7 +190,8 @@ impl BackendConns {
     /// A connection ready for a request: the worker's HTTP/2 one, an idle HTTP/1.1 one (and
     /// true: reused), or a new one (and false). `upgrade` asks for HTTP/1.1.
     async fn checkout(&self, upgrade: bool) -> Result<(Sender, bool), ProxyError> {
-        if !upgrade {
+        let h2_pool = self.settings.transport.protocol != UpstreamProtocol::Http1;
+        if h2_pool && !upgrade {
             if let Some(h2) = self.h2_here().load_full() {
                 if !h2.is_closed() {
                     self.reused.fetch_add(1, Ordering::Relaxed);
