@@ -160,6 +160,8 @@ pub async fn run(
         }));
     }
 
+    // From here on, the snapshot's writers (reloads, runtime reweights) build from it.
+    *services.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
     sd_notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(generation = state.load().generation, "sandgate ready");
 

@@ -18,6 +18,7 @@ use crate::metrics::{
     CodeCounters, BACKEND_HEALTHY, BACKEND_INFLIGHT, BACKEND_TRANSITIONS_TOTAL, BREAKER_STATE,
     BREAKER_TRANSITIONS_TOTAL, HEALTH_CHECKS_TOTAL, UPSTREAM_DURATION, UPSTREAM_REQUESTS_TOTAL,
 };
+use crate::overrides::{ForcedBreaker, Overrides};
 
 /// Metric handles of one backend.
 struct BackendMetrics {
@@ -58,6 +59,8 @@ pub struct BackendState {
     pub upstream_requests: CodeCounters,
     /// `sandgate_upstream_duration_seconds{pool,backend}`.
     pub upstream_duration: Histogram,
+    /// What an operator set at runtime (admin API).
+    pub overrides: Overrides,
 }
 
 const NO_BREAKER: u8 = 3;
@@ -140,6 +143,7 @@ impl BackendState {
             metrics,
             upstream_requests: CodeCounters::new(UPSTREAM_REQUESTS_TOTAL, labels.clone()),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION, labels),
+            overrides: Overrides::default(),
         }
     }
 
@@ -243,6 +247,13 @@ impl BackendState {
     /// Whether the breaker lets selection pick this backend at `now`.
     #[inline]
     pub fn breaker_available(&self, now: Instant) -> bool {
+        if !self.overrides.none() {
+            match self.overrides.breaker() {
+                Some(ForcedBreaker::Open) => return false,
+                Some(ForcedBreaker::Closed) => return true,
+                None => {}
+            }
+        }
         match self.breaker_fast.load(Ordering::Relaxed) {
             NO_BREAKER | 0 => true,
             _ => self
@@ -259,6 +270,14 @@ impl BackendState {
         self: &Arc<Self>,
         now: Instant,
     ) -> Result<Option<BreakerPermit>, BreakerOpen> {
+        // A forced breaker neither admits by the state machine nor learns from outcomes.
+        if !self.overrides.none() {
+            match self.overrides.breaker() {
+                Some(ForcedBreaker::Open) => return Err(BreakerOpen),
+                Some(ForcedBreaker::Closed) => return Ok(None),
+                None => {}
+            }
+        }
         if self.breaker_fast.load(Ordering::Relaxed) == NO_BREAKER {
             return Ok(None);
         }
@@ -439,6 +458,9 @@ impl Backend {
     /// readiness and the admin API share.
     #[inline]
     pub fn can_serve(&self, now: Instant, panic: bool) -> bool {
-        (panic || self.state.is_healthy()) && self.state.breaker_available(now)
+        let o = &self.state.overrides;
+        (o.none() || o.out().is_none())
+            && (panic || self.state.is_healthy())
+            && self.state.breaker_available(now)
     }
 }

@@ -43,6 +43,7 @@ pub mod health;
 pub mod keepalive;
 pub mod limit;
 pub mod metrics;
+pub mod overrides;
 pub mod proxy;
 pub mod proxy_header;
 pub mod reload;

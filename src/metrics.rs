@@ -89,6 +89,9 @@ pub const TASK_RESTARTS_TOTAL: &str = "sandgate_task_restarts_total";
 /// `sandgate_proxy_protocol_rejected_total{listener,reason}` (`untrusted`, `malformed`,
 /// `timeout`, `closed`)
 pub const PROXY_PROTOCOL_REJECTED_TOTAL: &str = "sandgate_proxy_protocol_rejected_total";
+/// `sandgate_admin_actions_total{action}` (`drain`, `undrain`, `disable`, `enable`,
+/// `breaker`, `weight`, `clear`)
+pub const ADMIN_ACTIONS_TOTAL: &str = "sandgate_admin_actions_total";
 /// `sandgate_tunnels_open{route}` (gauge): WebSocket tunnels open
 pub const TUNNELS_OPEN: &str = "sandgate_tunnels_open";
 /// `sandgate_tunnels_total{route,result}` (`upgraded`, `refused`, `error`)
@@ -190,6 +193,10 @@ fn describe() {
     describe_counter!(
         PROXY_PROTOCOL_REJECTED_TOTAL,
         "Connections closed for their PROXY protocol header, by listener and reason."
+    );
+    describe_counter!(
+        ADMIN_ACTIONS_TOTAL,
+        "Backend overrides changed through the admin API, by action."
     );
     describe_gauge!(TUNNELS_OPEN, "WebSocket tunnels open, by route.");
     describe_counter!(

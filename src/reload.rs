@@ -110,6 +110,11 @@ impl Reloader {
         for w in &loaded.warnings {
             tracing::warn!("config warning: {w}");
         }
+        let mut applied = self
+            .services
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let old = self.state.load_full();
         for change in old.restart_needed(&loaded.config) {
             tracing::warn!("{change}: this needs a restart; applying everything else");
@@ -117,9 +122,29 @@ impl Reloader {
         let snap = Snapshot::build(&loaded.config, Some(&old), &self.services.upstreams)?;
         let generation = snap.generation;
         self.state.store(Arc::new(snap));
+        *applied = Some(Arc::new(loaded.config));
+        drop(applied);
         tracing::info!(path = %self.path.display(), trigger = ?trigger, generation, "config reloaded");
         Ok(generation)
     }
+}
+
+/// Rebuilds the snapshot from the config it was built from, so that a runtime change to the
+/// backends' shared state (a weight set through the admin API) reaches every strategy's
+/// tables. Returns the new generation.
+pub fn rebuild(state: &SharedState, services: &Services, why: &str) -> Result<u64, String> {
+    let applied = services.applied.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(cfg) = applied.as_ref() else {
+        return Err("no config has been applied yet".to_owned());
+    };
+    let old = state.load_full();
+    let snap = Snapshot::build(cfg, Some(&old), &services.upstreams)?;
+    let generation = snap.generation;
+    state.store(Arc::new(snap));
+    drop(applied);
+    metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
+    tracing::info!(generation, why, "snapshot rebuilt");
+    Ok(generation)
 }
 
 /// Installs the SIGHUP handler and the file watch now (so that nothing after start-up is

@@ -2,13 +2,13 @@
 //! the upstream connection pools, the response cache, and the tracker of tasks that run apart
 //! from any request (cache fills, background revalidations, invalidations).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, Config};
 use crate::upstream::Upstreams;
 
 /// Everything the pipeline uses that is not part of one config generation.
@@ -22,6 +22,11 @@ pub struct Services {
     pub tasks: TaskTracker,
     /// Fires when the shutdown grace has run out: open tunnels close.
     pub closing: CancellationToken,
+    /// The config the serving snapshot was built from. Every writer of the snapshot (a
+    /// reload, a runtime reweight) holds this lock while it builds and stores, so that one
+    /// never overwrites the other with an older config. std Mutex: cold paths only, never
+    /// across an await.
+    pub applied: Mutex<Option<Arc<Config>>>,
 }
 
 impl Services {
@@ -32,6 +37,7 @@ impl Services {
             cache: Cache::new(cache)?,
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
+            applied: Mutex::new(None),
         })
     }
 }

@@ -278,9 +278,11 @@ impl Snapshot {
                         }
                     };
                     state.configure_breaker(pc.breaker.as_ref());
+                    // A weight set through the admin API wins over the file's.
+                    let weight = state.overrides.weight().unwrap_or(bc.weight);
                     Backend::with_state(
                         state,
-                        bc.weight,
+                        weight,
                         bc.region.as_deref(),
                         bc.max_connections.unwrap_or(0),
                     )

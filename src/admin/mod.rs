@@ -1,10 +1,11 @@
 //! The admin listener, apart from client traffic: `/metrics` (Prometheus text), `/healthz`,
-//! `/readyz` and `/admin/backends` (views of the current snapshot, in `views`), and the cache's
-//! purge and warm endpoints (in `cache`). Every POST needs `Authorization: Bearer <token>`
+//! `/readyz` and `/admin/backends` (views of the current snapshot, in `views`), runtime
+//! backend control (in `control`), and the cache's purge and warm endpoints (in `cache`). Every POST and DELETE needs `Authorization: Bearer <token>`
 //! with the contents of `admin.token_file` (401 when missing or wrong, 403 when no token file
 //! is configured); GETs need none.
 
 mod cache;
+mod control;
 mod views;
 
 use std::convert::Infallible;
@@ -127,7 +128,17 @@ impl Admin {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
         let path = req.uri().path().to_owned();
         match *req.method() {
+            Method::GET if Self::is_control(&path) => {
+                self.wait_drained(&path, req.uri().query()).await
+            }
             Method::GET | Method::HEAD => self.get(&path),
+            Method::DELETE if Self::is_control(&path) => {
+                if let Some(denied) = self.refuse(req.headers()) {
+                    tracing::warn!(%peer, path, "admin request refused: {}", denied.status());
+                    return denied;
+                }
+                self.clear(&path, peer)
+            }
             Method::POST => {
                 if let Some(denied) = self.refuse(req.headers()) {
                     tracing::warn!(%peer, path, "admin request refused: {}", denied.status());
@@ -146,13 +157,14 @@ impl Admin {
                 match path.as_str() {
                     "/admin/cache/purge" => self.purge(&body, peer).await,
                     "/admin/cache/warm" => self.warm(&body, peer).await,
+                    p if Self::is_control(p) => self.control(p, &body, peer),
                     _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
                 }
             }
             _ => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "use GET, or POST for actions",
+                "use GET, or POST (and DELETE) for actions",
             ),
         }
     }

@@ -43,7 +43,9 @@ impl Admin {
                         let (breaker, breaker_reason) = b.state.breaker_view(now);
                         let (opened, reused) = p.conns.get(i).map_or((0, 0), |c| c.stats());
                         let healthy = b.state.is_healthy();
-                        let out = if !healthy {
+                        let out = if let Some(why) = b.state.overrides.out() {
+                            Some(format!("{why} (admin override)"))
+                        } else if !healthy {
                             Some(format!(
                                 "unhealthy{}",
                                 b.state.last_check_error().map(|e| format!(": last check failed: {e}")).unwrap_or_default()
@@ -61,6 +63,7 @@ impl Admin {
                             "healthy": healthy,
                             "breaker": breaker,
                             "out": out,
+                            "override": b.state.overrides.view(),
                             // Health as checked, panic mode aside.
                             "usable": b.has_slot() && b.can_serve(now, false),
                             "connections_opened": opened,
