@@ -460,6 +460,21 @@ impl Snapshot {
         for l in &self.listeners {
             metrics::gauge!(crate::metrics::CONNECTIONS_OPEN, "listener" => l.name.to_string())
                 .increment(0.0);
+            if l.proxy_protocol.is_some() {
+                for reason in ["untrusted", "malformed", "timeout", "closed"] {
+                    metrics::counter!(
+                        crate::metrics::PROXY_PROTOCOL_REJECTED_TOTAL,
+                        "listener" => l.name.to_string(),
+                        "reason" => reason
+                    )
+                    .increment(0);
+                }
+            }
+        }
+        for action in [
+            "drain", "undrain", "disable", "enable", "breaker", "weight", "clear",
+        ] {
+            metrics::counter!(crate::metrics::ADMIN_ACTIONS_TOTAL, "action" => action).increment(0);
         }
         metrics::gauge!(crate::metrics::CONFIG_GENERATION).set(self.generation as f64);
         for result in ["success", "error"] {
