@@ -76,7 +76,7 @@ pub fn init(json: bool) -> std::io::Result<()> {
         buf: Mutex::new(Vec::with_capacity(FLUSH_AT)),
         woken: AtomicBool::new(false),
         writer: writer.thread().clone(),
-        dropped: metrics::counter!("sandgate_access_log_dropped_total"),
+        dropped: metrics::counter!(crate::metrics::ACCESS_LOG_DROPPED_TOTAL),
     };
     if SINK.set(sink).is_err() {
         tracing::warn!("the access log was already started");

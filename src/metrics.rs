@@ -92,6 +92,8 @@ pub const PROXY_PROTOCOL_REJECTED_TOTAL: &str = "sandgate_proxy_protocol_rejecte
 /// `sandgate_admin_actions_total{action}` (`drain`, `undrain`, `disable`, `enable`,
 /// `breaker`, `weight`, `clear`)
 pub const ADMIN_ACTIONS_TOTAL: &str = "sandgate_admin_actions_total";
+/// `sandgate_access_log_dropped_total`: access log lines dropped while stderr was stalled
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sandgate_access_log_dropped_total";
 /// `sandgate_tunnels_open{route}` (gauge): WebSocket tunnels open
 pub const TUNNELS_OPEN: &str = "sandgate_tunnels_open";
 /// `sandgate_tunnels_total{route,result}` (`upgraded`, `refused`, `error`)
@@ -197,6 +199,71 @@ fn describe() {
     describe_counter!(
         ADMIN_ACTIONS_TOTAL,
         "Backend overrides changed through the admin API, by action."
+    );
+    describe_counter!(
+        AFFINITY_TOTAL,
+        "Affinity decisions, by pool and result (hit, new, repinned, spilled)."
+    );
+    describe_counter!(
+        GEO_DECISIONS_TOTAL,
+        "Geographic routing decisions, by pool and result (local, failover, any, unknown)."
+    );
+    describe_gauge!(
+        BACKEND_HEALTHY,
+        "Whether the backend passes its health checks (1) or not (0)."
+    );
+    describe_counter!(
+        HEALTH_CHECKS_TOTAL,
+        "Active health checks, by pool, backend and result (pass, fail)."
+    );
+    describe_counter!(
+        BACKEND_TRANSITIONS_TOTAL,
+        "Health flips of a backend, by the state it moved to."
+    );
+    describe_gauge!(
+        PANIC_MODE,
+        "1 while the pool routes to every backend because too few are healthy."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state of a backend: 0 closed, 1 open, 2 half-open."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS_TOTAL,
+        "Circuit breaker transitions, by the state moved to."
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        "Retries made, by pool and the outcome that caused them."
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries not made because the pool's retry budget was spent."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Requests waiting for a backend slot in the pool's queue."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time requests that got a slot waited in the queue, by pool."
+    );
+    describe_counter!(
+        QUEUE_REJECTED_TOTAL,
+        "Requests turned away by the pool's queue, by reason (full, timeout)."
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused with 429 by a route's rate limit."
+    );
+    describe_counter!(
+        SHED_TOTAL,
+        "Connections and requests shed by global limits, by reason (connections, inflight)."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped because 16 MiB were already waiting for a stalled stderr."
     );
     describe_gauge!(TUNNELS_OPEN, "WebSocket tunnels open, by route.");
     describe_counter!(

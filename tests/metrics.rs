@@ -1,0 +1,82 @@
+//! The Prometheus exposition: every series sandgate exports has HELP text, and
+//! `promtool check metrics` (when installed, as CI installs it) finds nothing to fix.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_has_help_and_promtool_is_clean() {
+    let b = named_backend("b").await;
+    // Enough features on that their series exist: health checks, breaker, retries, a queue,
+    // a rate limit, affinity.
+    let yaml = format!(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n\
+         routes:\n  - name: all\n    pool: p\n    rate_limit: {{ rate: 1000/s }}\n\
+         pools:\n  p:\n    strategy: affinity\n    affinity: {{ key: header:x-session }}\n\
+         \x20   health_check: {{ path: /, interval: 200ms }}\n    circuit_breaker: {{ consecutive_failures: 5 }}\n\
+         \x20   retry: {{ attempts: 2 }}\n    max_connections: 10\n\
+         \x20   backends: [{{ address: {} }}]\n",
+        b.addr
+    );
+    let proxy = spawn_proxy(&yaml);
+    for _ in 0..3 {
+        assert_eq!(
+            get_with(&proxy.url("public", "/"), &[("x-session", "s1")])
+                .await
+                .status,
+            200
+        );
+    }
+    let text = metrics_text(&proxy).await;
+    let names = |prefix: &str| -> HashSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let (typed, helped) = (names("# TYPE "), names("# HELP "));
+    let missing: Vec<_> = typed.difference(&helped).collect();
+    assert!(missing.is_empty(), "metrics without HELP: {missing:?}");
+    for want in [
+        "sandgate_requests_total",
+        "sandgate_breaker_state",
+        "sandgate_backend_healthy",
+        "sandgate_queue_depth",
+        "sandgate_affinity_total",
+    ] {
+        assert!(typed.contains(want), "{want} missing from:\n{text}");
+    }
+
+    let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool is not installed: its check is skipped (apt-get install prometheus)");
+        return;
+    };
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
+}
