@@ -205,3 +205,23 @@ fn check_refuses_a_key_that_does_not_fit_its_certificate() {
         "{err}"
     );
 }
+
+#[test]
+fn the_systemd_unit_scores_1_5_or_lower() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/sandgate.service");
+    let Ok(out) = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", unit])
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed: the unit's score is not checked");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for sandgate.service: ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    assert!(score <= 1.5, "exposure {score}:\n{text}");
+}
