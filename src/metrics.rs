@@ -92,6 +92,10 @@ pub const PROXY_PROTOCOL_REJECTED_TOTAL: &str = "sandgate_proxy_protocol_rejecte
 /// `sandgate_admin_actions_total{action}` (`drain`, `undrain`, `disable`, `enable`,
 /// `breaker`, `weight`, `clear`)
 pub const ADMIN_ACTIONS_TOTAL: &str = "sandgate_admin_actions_total";
+/// `sandgate_pool_usable_backends{pool}` (gauge): backends that may take traffic now
+pub const POOL_USABLE_BACKENDS: &str = "sandgate_pool_usable_backends";
+/// `sandgate_queue_max{pool}` (gauge): the pool's `queue.max`
+pub const QUEUE_MAX: &str = "sandgate_queue_max";
 /// `sandgate_access_log_dropped_total`: access log lines dropped while stderr was stalled
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "sandgate_access_log_dropped_total";
 /// `sandgate_tunnels_open{route}` (gauge): WebSocket tunnels open
@@ -260,6 +264,14 @@ fn describe() {
     describe_counter!(
         SHED_TOTAL,
         "Connections and requests shed by global limits, by reason (connections, inflight)."
+    );
+    describe_gauge!(
+        POOL_USABLE_BACKENDS,
+        "Backends of the pool that may take traffic now (healthy or in panic mode, breaker admitting, not drained or disabled), refreshed every few seconds."
+    );
+    describe_gauge!(
+        QUEUE_MAX,
+        "The pool's queue.max: waiting requests it holds at most."
     );
     describe_counter!(
         ACCESS_LOG_DROPPED_TOTAL,

@@ -452,6 +452,10 @@ impl Snapshot {
             l.touch_metrics();
         }
         for p in &self.pools {
+            let pool = p.pool.name.to_string();
+            metrics::gauge!(crate::metrics::POOL_USABLE_BACKENDS, "pool" => pool.clone())
+                .set(p.pool.usable_count() as f64);
+            metrics::gauge!(crate::metrics::QUEUE_MAX, "pool" => pool).set(p.queue_cfg.max as f64);
             p.pool.touch_metrics();
             p.queue.touch_metrics();
             p.retries.touch();

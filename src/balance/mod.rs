@@ -350,6 +350,16 @@ impl Pool {
         )
     }
 
+    /// How many backends could take traffic now (busy ones count: they free up).
+    pub fn usable_count(&self) -> usize {
+        let now = Instant::now();
+        let panic = self.in_panic();
+        self.backends
+            .iter()
+            .filter(|b| b.can_serve(now, panic))
+            .count()
+    }
+
     /// Whether any backend could take traffic now (busy ones count: they free up).
     pub fn has_usable(&self) -> bool {
         let now = Instant::now();
