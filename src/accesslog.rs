@@ -24,6 +24,8 @@ pub const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 /// What one access log line says.
 pub struct Record<'a> {
     pub request_id: &'a str,
+    /// The W3C trace id, `-` without one.
+    pub trace_id: &'a str,
     pub client: IpAddr,
     pub listener: &'a str,
     pub method: &'a str,
@@ -171,6 +173,8 @@ fn text(out: &mut Vec<u8>, r: &Record<'_>) {
     timestamp(out);
     out.extend_from_slice(b"  INFO sandgate::access: request request_id=");
     out.extend_from_slice(r.request_id.as_bytes());
+    out.extend_from_slice(b" trace_id=");
+    out.extend_from_slice(r.trace_id.as_bytes());
     let _ = write!(out, " client={} listener=", r.client);
     out.extend_from_slice(r.listener.as_bytes());
     for (k, v) in [(" method=", r.method), (" path=", r.path)] {
@@ -207,6 +211,7 @@ fn json(out: &mut Vec<u8>, r: &Record<'_>) {
         let _ = serde_json::to_writer(&mut *out, v);
     };
     string(out, "request_id", r.request_id);
+    string(out, "trace_id", r.trace_id);
     let _ = write!(out, ",\"client\":\"{}\"", r.client);
     string(out, "listener", r.listener);
     string(out, "method", r.method);
@@ -241,6 +246,7 @@ mod tests {
     fn record() -> Record<'static> {
         Record {
             request_id: "abc",
+            trace_id: "-",
             client: IpAddr::from([127, 0, 0, 1]),
             listener: "public",
             method: "GET",
@@ -283,7 +289,9 @@ mod tests {
         text(&mut out, &record());
         let s = String::from_utf8(out).expect("utf-8");
         assert_eq!(s.matches('\n').count(), 1, "{s}");
-        assert!(s.contains(" INFO sandgate::access: request request_id=abc client=127.0.0.1 "));
+        assert!(s.contains(
+            " INFO sandgate::access: request request_id=abc trace_id=- client=127.0.0.1 "
+        ));
         assert!(s.contains(" status=503 route=api backend=127.0.0.1:9 attempts=2 "));
         assert!(s.contains("detail=\"pool p: no usable backend\\n\" duration_ms=1.25\n"));
     }

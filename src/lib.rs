@@ -54,6 +54,7 @@ pub mod services;
 pub mod state;
 pub mod task;
 pub mod tls;
+pub mod trace;
 pub mod tunnel;
 pub mod upstream;
 pub mod worker;

@@ -168,6 +168,8 @@ pub struct Snapshot {
     pub cache: CacheConfig,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// `tracing.generate`.
+    pub trace_generate: bool,
 }
 
 fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
@@ -384,6 +386,7 @@ impl Snapshot {
             admin: old.map_or(cfg.admin, |o| o.admin),
             admin_token: cfg.admin_token.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
+            trace_generate: cfg.trace_generate,
             route_cache: cfg
                 .routes
                 .iter()

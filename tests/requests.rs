@@ -211,3 +211,50 @@ async fn trusted_proxies_decide_whose_forwarded_for_is_believed() {
         "1.1.1.1, 3.3.3.3, 127.0.0.1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w3c_trace_context_is_continued_started_or_left_out() {
+    let echo = echo_backend("e").await;
+    let pool = format!("    backends: [{{ address: {} }}]\n", echo.addr);
+    let proxy = spawn_proxy(&basic_config(&pool));
+    let seen = |got: &Got, name: &str| -> Option<String> {
+        got.json()["headers"][name][0].as_str().map(str::to_owned)
+    };
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let got = get_with(
+        &proxy.url("public", "/traced"),
+        &[("traceparent", parent), ("tracestate", "congo=t61rcWkgMzE")],
+    )
+    .await;
+    let tp = seen(&got, "traceparent").expect("traceparent upstream");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert!(
+        !tp.contains("00f067aa0ba902b7"),
+        "sandgate's hop has its own span id: {tp}"
+    );
+    assert_eq!(
+        seen(&got, "tracestate").as_deref(),
+        Some("congo=t61rcWkgMzE")
+    );
+    let line = proxy
+        .logs
+        .wait_for(Duration::from_secs(5), |v| v["path"] == "/traced")
+        .expect("an access log line");
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    let got = get(&proxy.url("public", "/fresh")).await;
+    let tp = seen(&got, "traceparent").expect("a trace started");
+    assert_eq!(tp.len(), 55, "{tp}");
+
+    let off = spawn_proxy(&format!(
+        "tracing: {{ generate: false }}\n{}",
+        basic_config(&pool)
+    ));
+    let got = get(&off.url("public", "/none")).await;
+    assert_eq!(seen(&got, "traceparent"), None);
+    let got = get_with(&off.url("public", "/kept"), &[("traceparent", parent)]).await;
+    assert!(seen(&got, "traceparent").is_some_and(|t| t.contains("4bf92f3577b34da6")));
+}

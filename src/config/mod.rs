@@ -38,6 +38,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Peers whose `X-Forwarded-For` and `Forwarded` are believed (None: not set).
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// `tracing.generate`: start a trace for requests without a `traceparent`.
+    pub trace_generate: bool,
 }
 
 /// A secret read from a file (never logged).

@@ -38,6 +38,18 @@ pub struct RawConfig {
     /// Peers (CIDRs) whose X-Forwarded-For and Forwarded headers are believed.
     #[serde(default)]
     pub trusted_proxies: Option<Vec<String>>,
+    /// W3C Trace Context.
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
+}
+
+/// `tracing`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// Start a trace for requests that come without a `traceparent` (default true).
+    #[serde(default)]
+    pub generate: Option<bool>,
 }
 
 /// `cache` (top level).

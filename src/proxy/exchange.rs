@@ -102,6 +102,8 @@ pub struct Exchange {
     pub cache: Option<CacheStatus>,
     /// The request became a tunnel, which writes the access log line when it closes.
     pub tunnel: bool,
+    /// The W3C trace the request belongs to, if any.
+    pub trace: Option<crate::trace::TraceId>,
 }
 
 impl Exchange {
@@ -121,6 +123,7 @@ impl Exchange {
             via: false,
             cache: None,
             tunnel: false,
+            trace: None,
         }
     }
 }

@@ -82,6 +82,7 @@ fn finish(snap: &Snapshot, conn: &ConnInfo, method: &Method, uri: &Uri, status: 
         .map_or("-", |b| b.authority.as_str());
     accesslog::write(&accesslog::Record {
         request_id: x.request_id.to_str().unwrap_or("-"),
+        trace_id: x.trace.as_ref().map_or("-", |t| t.as_str()),
         client: x.client.unwrap_or_else(|| conn.peer.ip()),
         listener: &conn.listener,
         method: method.as_str(),

@@ -61,7 +61,7 @@ pub async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody
 /// API's cache warming sends requests without one).
 pub async fn handle_parts(
     ctx: &ConnCtx,
-    parts: Parts,
+    mut parts: Parts,
     body: Option<Incoming>,
 ) -> Response<ProxyBody> {
     let snap = ctx.state.load_full();
@@ -77,6 +77,8 @@ pub async fn handle_parts(
         Exchange::new(Instant::now(), headers::request_id(&parts.headers)),
     );
     let x = &mut done.x;
+    // This hop's `traceparent`, for the backend and the access log.
+    x.trace = crate::trace::hop(&mut parts.headers, snap.trace_generate);
     let mut resp = match pipeline(ctx, &snap, parts, body, x).await {
         Ok(r) => r,
         Err(e) => {

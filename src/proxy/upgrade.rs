@@ -85,6 +85,7 @@ pub async fn tunnel(
         route: Arc::clone(&stats.name),
         listener: Arc::clone(&ctx.conn.listener),
         request_id: x.request_id.clone(),
+        trace: x.trace,
         client: client.ip,
         start: x.start,
     };
@@ -187,6 +188,7 @@ struct Line {
     route: Arc<str>,
     listener: Arc<str>,
     request_id: HeaderValue,
+    trace: Option<crate::trace::TraceId>,
     client: std::net::IpAddr,
     start: Instant,
 }
@@ -203,6 +205,7 @@ impl Line {
         };
         accesslog::write(&accesslog::Record {
             request_id: self.request_id.to_str().unwrap_or("-"),
+            trace_id: self.trace.as_ref().map_or("-", |t| t.as_str()),
             client: self.client,
             listener: &self.listener,
             method: &self.method,

@@ -337,6 +337,11 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             cache,
             admin_token,
             trusted_proxies,
+            trace_generate: raw
+                .tracing
+                .as_ref()
+                .and_then(|t| t.generate)
+                .unwrap_or(true),
         },
         warnings,
     })

@@ -1,0 +1,165 @@
+//! W3C Trace Context (`traceparent`, `tracestate`) on sandgate's hop: a valid `traceparent`
+//! is passed on with a new span id for this hop (its trace id and flags kept, `tracestate`
+//! untouched); an invalid one is dropped with its `tracestate`; with none, sandgate starts a
+//! trace (sampled), unless `tracing.generate: false`. Pure, with randomness from `fastrand`.
+
+use std::fmt::Write as _;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A trace id as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId([u8; 32]);
+
+impl TraceId {
+    /// The hex digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+}
+
+fn is_hex(b: &[u8]) -> bool {
+    b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The trace id and flags of a valid `traceparent` (version 00, or a later version read as
+/// 00 as the spec asks).
+fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+    if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    let dashes = v[2] == b'-' && v[35] == b'-' && v[52] == b'-';
+    let ok = dashes
+        && is_hex(version)
+        && version != b"ff"
+        && (version != b"00" || v.len() == 55)
+        && is_hex(trace)
+        && trace.iter().any(|c| *c != b'0')
+        && is_hex(parent)
+        && parent.iter().any(|c| *c != b'0')
+        && is_hex(flags);
+    ok.then(|| {
+        let mut t = [0u8; 32];
+        t.copy_from_slice(trace);
+        (t, [flags[0], flags[1]])
+    })
+}
+
+/// Sets the request's `traceparent` for the next hop and returns the trace id, if any.
+pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
+    let incoming = match h.get_all(&TRACEPARENT).iter().count() {
+        0 => None,
+        // Two traceparent lines are as good as an invalid one.
+        1 => h.get(&TRACEPARENT).map(|v| parse(v.as_bytes())),
+        _ => Some(None),
+    };
+    let (trace, flags) = match incoming {
+        Some(Some(found)) => found,
+        invalid_or_none => {
+            if invalid_or_none.is_some() {
+                h.remove(&TRACEPARENT);
+                h.remove(&TRACESTATE);
+            }
+            if !generate {
+                return None;
+            }
+            let mut t = [0u8; 32];
+            let mut s = String::with_capacity(32);
+            let _ = write!(s, "{:032x}", fastrand::u128(1..));
+            t.copy_from_slice(s.as_bytes());
+            (t, *b"01")
+        }
+    };
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    out.push_str(std::str::from_utf8(&trace).unwrap_or_default());
+    let _ = write!(out, "-{:016x}-", fastrand::u64(1..));
+    out.push(char::from(flags[0]));
+    out.push(char::from(flags[1]));
+    if let Ok(v) = HeaderValue::try_from(out) {
+        h.insert(TRACEPARENT.clone(), v);
+    }
+    Some(TraceId(trace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(tp: &[&str], ts: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in tp {
+            h.append(&TRACEPARENT, HeaderValue::from_str(v).unwrap());
+        }
+        if let Some(s) = ts {
+            h.insert(&TRACESTATE, HeaderValue::from_str(s).unwrap());
+        }
+        h
+    }
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_parent_keeps_its_trace_and_flags_with_a_new_span() {
+        let mut h = with(&[GOOD], Some("congo=t61rcWkgMzE"));
+        let id = hop(&mut h, true).unwrap();
+        assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let out = h[&TRACEPARENT].to_str().unwrap().to_owned();
+        assert_eq!(out.len(), 55);
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_ne!(
+            &out[36..52],
+            "00f067aa0ba902b7",
+            "a span id of sandgate's own"
+        );
+        assert_eq!(h[&TRACESTATE], "congo=t61rcWkgMzE");
+        // A later version is read as 00, extra fields and all.
+        let mut h = with(&[&format!("01{}-extra", &GOOD[2..])], None);
+        assert_eq!(hop(&mut h, false).unwrap().as_str(), &GOOD[3..35]);
+    }
+
+    #[test]
+    fn invalid_parents_are_dropped_with_their_state() {
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let mut h = with(&[bad], Some("a=b"));
+            assert_eq!(hop(&mut h, false), None, "{bad}");
+            assert!(
+                h.get(&TRACEPARENT).is_none() && h.get(&TRACESTATE).is_none(),
+                "{bad}"
+            );
+            let mut h = with(&[bad], Some("a=b"));
+            let id = hop(&mut h, true).expect("a new trace");
+            assert_ne!(id.as_str(), &GOOD[3..35]);
+            assert!(h.get(&TRACESTATE).is_none());
+        }
+        let mut h = with(&[GOOD, GOOD], None);
+        assert_eq!(hop(&mut h, false), None, "two traceparent lines");
+    }
+
+    #[test]
+    fn without_a_parent_a_trace_starts_unless_told_not_to() {
+        let mut h = HeaderMap::new();
+        assert_eq!(hop(&mut h, false), None);
+        assert!(h.is_empty());
+        let id = hop(&mut h, true).unwrap();
+        let out = h[&TRACEPARENT].to_str().unwrap();
+        assert_eq!(
+            parse(out.as_bytes()).map(|(t, f)| (t, f)),
+            Some((id.0, *b"01"))
+        );
+    }
+}
