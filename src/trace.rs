@@ -3,8 +3,6 @@
 //! untouched); an invalid one is dropped with its `tracestate`; with none, sandgate starts a
 //! trace (sampled), unless `tracing.generate: false`. Pure, with randomness from `fastrand`.
 
-use std::fmt::Write as _;
-
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -19,6 +17,15 @@ impl TraceId {
     pub fn as_str(&self) -> &str {
         // Only ASCII hex digits are ever stored.
         std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
 }
 
@@ -69,19 +76,16 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
                 return None;
             }
             let mut t = [0u8; 32];
-            let mut s = String::with_capacity(32);
-            let _ = write!(s, "{:032x}", fastrand::u128(1..));
-            t.copy_from_slice(s.as_bytes());
+            hex(&mut t, &fastrand::u128(1..).to_be_bytes());
             (t, *b"01")
         }
     };
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    out.push_str(std::str::from_utf8(&trace).unwrap_or_default());
-    let _ = write!(out, "-{:016x}-", fastrand::u64(1..));
-    out.push(char::from(flags[0]));
-    out.push(char::from(flags[1]));
-    if let Ok(v) = HeaderValue::try_from(out) {
+    // `00-<trace>-<span>-<flags>`, written in place: this runs for every request.
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    out[3..35].copy_from_slice(&trace);
+    hex(&mut out[36..52], &fastrand::u64(1..).to_be_bytes());
+    out[53..55].copy_from_slice(&flags);
+    if let Ok(v) = HeaderValue::from_bytes(&out) {
         h.insert(TRACEPARENT.clone(), v);
     }
     Some(TraceId(trace))
