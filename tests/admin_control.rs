@@ -183,3 +183,42 @@ async fn weight_disable_and_a_forced_breaker_apply_at_once() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_backend_s_affinity_keys_move_and_come_back() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let yaml = config("affinity", a.addr, b.addr).replace(
+        "    strategy: affinity\n",
+        "    strategy: affinity\n    affinity: { key: header:x-session }\n",
+    );
+    let proxy = spawn_caching_proxy(&yaml);
+    let url = proxy.url("public", "/");
+    let who = |key: String| {
+        let url = url.clone();
+        async move { get_with(&url, &[("x-session", &key)]).await.text() }
+    };
+    let home = who("s-1".into()).await;
+    let addr = if home == "a" { a.addr } else { b.addr };
+    let control = proxy.admin_url(&format!("/admin/pools/p/backends/{addr}"));
+    assert_eq!(
+        admin_post(&control, Some(TOKEN), r#"{"drain": true}"#)
+            .await
+            .status,
+        200
+    );
+    let moved = who("s-1".into()).await;
+    assert_ne!(moved, home, "the key moves off the drained backend");
+    assert_eq!(who("s-1".into()).await, moved, "and stays where it moved");
+    assert_eq!(
+        admin_post(&control, Some(TOKEN), r#"{"drain": false}"#)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        who("s-1".into()).await,
+        home,
+        "it comes back after the drain"
+    );
+}
