@@ -334,4 +334,17 @@ async fn websocket_echo_over_a_tls_listener() {
     echo(&mut ws, Message::binary(vec![3u8; 100_000])).await;
     ws.close(None).await.unwrap();
     wait_until(|| b.open() == 0).await;
+
+    // RFC 8441 over TLS, where ALPN chose h2.
+    let tcp = TcpStream::connect(proxy.listeners["tls"]).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+    let tls = common::pki::connector(&pki.ca, &[b"h2"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (_, mut ws) = ws_over_h2(tls, "https://api.test", "/tls-h2").await;
+    echo(&mut ws, Message::text("over tls and h2")).await;
+    ws.close(None).await.unwrap();
+    wait_until(|| b.open() == 0).await;
 }

@@ -121,19 +121,32 @@ pub async fn ws_connect_h2(
     path: &str,
 ) -> (http::response::Parts, WebSocketStream<TokioIo<Upgraded>>) {
     let tcp = TcpStream::connect(addr).await.expect("connect");
+    ws_over_h2(tcp, &format!("http://{addr}"), path).await
+}
+
+/// The same over any connection that speaks HTTP/2 (h2c, or TLS with ALPN h2); `origin` is
+/// `scheme://authority` for the requests.
+pub async fn ws_over_h2<T>(
+    io: T,
+    origin: &str,
+    path: &str,
+) -> (http::response::Parts, WebSocketStream<TokioIo<Upgraded>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .expect("h2 handshake");
     tokio::spawn(conn);
     // A first request lets the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) arrive.
-    let warm = Request::get(format!("http://{addr}/"))
+    let warm = Request::get(format!("{origin}/"))
         .body(super::empty())
         .unwrap();
     let _ = send.send_request(warm).await;
     let req = Request::builder()
         .method("CONNECT")
-        .uri(format!("http://{addr}{path}"))
+        .uri(format!("{origin}{path}"))
         .header("sec-websocket-version", "13")
         .extension(hyper::ext::Protocol::from_static("websocket"))
         .body(super::empty())
