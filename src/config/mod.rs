@@ -4,6 +4,7 @@
 pub mod lines;
 pub mod raw;
 mod raw_protection;
+mod transport;
 pub mod validate;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use http::{HeaderName, HeaderValue};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use raw::{BasicStrategy, OnUnusable, StrategyKind, UpstreamProtocol};
+pub use transport::{Transport, UpstreamTls};
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -388,37 +390,6 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// How the pool's backends are reached: TLS and protocol.
     pub transport: Arc<Transport>,
-}
-
-/// How a pool connects to its backends.
-#[derive(Debug)]
-pub struct Transport {
-    /// TLS to the backends, if any.
-    pub tls: Option<UpstreamTls>,
-    /// HTTP/1.1, HTTP/2, or ALPN's choice.
-    pub protocol: UpstreamProtocol,
-    /// A digest of the settings and the files they name: pools whose transport did not
-    /// change keep their connections over a reload.
-    pub fingerprint: u64,
-}
-
-impl PartialEq for Transport {
-    fn eq(&self, other: &Self) -> bool {
-        self.fingerprint == other.fingerprint
-    }
-}
-
-/// `pools.NAME.tls`, ready to connect with.
-#[derive(Debug)]
-pub struct UpstreamTls {
-    /// The rustls client settings (roots, client certificate, ALPN for the pool's protocol).
-    pub config: Arc<rustls::ClientConfig>,
-    /// The same, offering only HTTP/1.1 (for upgrades, which switch over HTTP/1.1).
-    pub config_http1: Arc<rustls::ClientConfig>,
-    /// The name to verify, instead of the backend's address.
-    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
-    /// Whether certificates are verified.
-    pub verify: bool,
 }
 
 /// Where an affinity key comes from.

@@ -87,7 +87,6 @@ pub(super) fn validate(
                 config,
                 config_http1,
                 server_name,
-                verify,
             }),
             Err(err) => {
                 e.push(tp, err);
