@@ -21,6 +21,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
@@ -129,38 +130,40 @@ impl BackendConns {
         let upgrade = h2 && req.headers().contains_key(http::header::UPGRADE);
         for _ in 0..STALE_TRIES {
             let (send, reused) = self.checkout(upgrade).await?;
-            let result = match send {
-                Sender::H1(mut send) => match send.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, Some(send))),
-                    Err(e) => e,
+            match self.try_send(send, req).await {
+                Ok(r) => return Ok(r),
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection closed just before the request went out: nothing
+                    // reached the backend, so it goes on another connection.
+                    Some(back) if reused => req = back,
+                    _ => return Err(classify(&e.into_error(), &self.authority)),
                 },
-                Sender::H2(mut send) => {
-                    self.h2_form(&mut req);
-                    match send.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, None)),
-                        Err(e) => e,
-                    }
-                }
-            };
-            let mut e = result;
-            match e.take_message() {
-                // A pooled connection closed just before the request went out: nothing
-                // reached the backend, so it goes on another connection.
-                Some(back) if reused => req = back,
-                _ => return Err(classify(&e.into_error(), &self.authority)),
             }
         }
-        match Box::pin(self.connect(upgrade)).await? {
-            Sender::H1(mut send) => match send.try_send_request(req).await {
-                Ok(resp) => Ok((resp, Some(send))),
-                Err(e) => Err(classify(&e.into_error(), &self.authority)),
-            },
+        let send = Box::pin(self.connect(upgrade)).await?;
+        self.try_send(send, req)
+            .await
+            .map_err(|e| classify(&e.into_error(), &self.authority))
+    }
+
+    /// Sends on one connection; an HTTP/1.1 connection comes back with the response, to be
+    /// given back to the pool once its body is read.
+    async fn try_send(
+        &self,
+        sender: Sender,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<
+        (Response<Incoming>, Option<SendRequest<UpstreamBody>>),
+        TrySendError<Request<UpstreamBody>>,
+    > {
+        match sender {
+            Sender::H1(mut send) => {
+                let resp = send.try_send_request(req).await?;
+                Ok((resp, Some(send)))
+            }
             Sender::H2(mut send) => {
                 self.h2_form(&mut req);
-                match send.try_send_request(req).await {
-                    Ok(resp) => Ok((resp, None)),
-                    Err(e) => Err(classify(&e.into_error(), &self.authority)),
-                }
+                Ok((send.try_send_request(req).await?, None))
             }
         }
     }
@@ -173,14 +176,15 @@ impl BackendConns {
         } else {
             http::uri::Scheme::HTTP
         };
-        let authority = req
-            .headers_mut()
-            .remove(http::header::HOST)
-            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
-            .or_else(|| http::uri::Authority::try_from(self.authority.as_str()).ok());
+        let host = req.headers_mut().remove(http::header::HOST);
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        // A request given back by a connection that closed is in this form already.
+        if parts.authority.is_none() {
+            parts.authority = host
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                .or_else(|| http::uri::Authority::try_from(self.authority.as_str()).ok());
+        }
         parts.scheme = Some(scheme);
-        parts.authority = authority;
         if let Ok(uri) = http::Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
