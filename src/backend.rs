@@ -247,12 +247,10 @@ impl BackendState {
     /// Whether the breaker lets selection pick this backend at `now`.
     #[inline]
     pub fn breaker_available(&self, now: Instant) -> bool {
-        if !self.overrides.none() {
-            match self.overrides.breaker() {
-                Some(ForcedBreaker::Open) => return false,
-                Some(ForcedBreaker::Closed) => return true,
-                None => {}
-            }
+        match self.overrides.breaker() {
+            Some(ForcedBreaker::Open) => return false,
+            Some(ForcedBreaker::Closed) => return true,
+            None => {}
         }
         match self.breaker_fast.load(Ordering::Relaxed) {
             NO_BREAKER | 0 => true,
@@ -271,12 +269,10 @@ impl BackendState {
         now: Instant,
     ) -> Result<Option<BreakerPermit>, BreakerOpen> {
         // A forced breaker neither admits by the state machine nor learns from outcomes.
-        if !self.overrides.none() {
-            match self.overrides.breaker() {
-                Some(ForcedBreaker::Open) => return Err(BreakerOpen),
-                Some(ForcedBreaker::Closed) => return Ok(None),
-                None => {}
-            }
+        match self.overrides.breaker() {
+            Some(ForcedBreaker::Open) => return Err(BreakerOpen),
+            Some(ForcedBreaker::Closed) => return Ok(None),
+            None => {}
         }
         if self.breaker_fast.load(Ordering::Relaxed) == NO_BREAKER {
             return Ok(None);
@@ -458,8 +454,7 @@ impl Backend {
     /// readiness and the admin API share.
     #[inline]
     pub fn can_serve(&self, now: Instant, panic: bool) -> bool {
-        let o = &self.state.overrides;
-        (o.none() || o.out().is_none())
+        self.state.overrides.out().is_none()
             && (panic || self.state.is_healthy())
             && self.state.breaker_available(now)
     }

@@ -36,12 +36,6 @@ impl Overrides {
         }
     }
 
-    /// Whether nothing is overridden (the common case, one load).
-    #[inline]
-    pub fn none(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) == 0
-    }
-
     /// Drains the backend (no new requests or sessions) or ends the drain.
     pub fn set_drain(&self, on: bool) {
         self.set_flag(DRAIN, on);
@@ -69,12 +63,9 @@ impl Overrides {
         self.weight.store(0, Ordering::Relaxed);
     }
 
-    /// Whether the backend is drained.
-    pub fn drained(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & DRAIN != 0
-    }
-
-    /// Why the overrides keep the backend from new requests, if they do.
+    /// Why the overrides keep the backend from new requests, if they do (one relaxed load:
+    /// selection asks for every candidate).
+    #[inline]
     pub fn out(&self) -> Option<&'static str> {
         let f = self.flags.load(Ordering::Relaxed);
         if f & DISABLED != 0 {
@@ -107,10 +98,10 @@ impl Overrides {
 
     /// The overrides as the admin API shows them (None when there are none).
     pub fn view(&self) -> Option<serde_json::Value> {
-        if self.none() && self.weight().is_none() {
+        let f = self.flags.load(Ordering::Relaxed);
+        if f == 0 && self.weight().is_none() {
             return None;
         }
-        let f = self.flags.load(Ordering::Relaxed);
         let mut v = serde_json::Map::new();
         if f & DRAIN != 0 {
             v.insert("drain".into(), true.into());

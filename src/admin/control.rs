@@ -26,6 +26,13 @@ use crate::reload;
 /// Longest `wait-drained` wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
+/// A backend named by a control URL.
+struct Named {
+    pool: String,
+    addr: SocketAddr,
+    state: Arc<BackendState>,
+}
+
 /// The body of a control POST.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,43 +72,35 @@ impl Admin {
         path.starts_with("/admin/pools/")
     }
 
-    /// The shared state of `addr` in `pool`, from the serving snapshot; a 404 when there is
-    /// no such backend.
-    fn backend_state(
-        &self,
-        pool: &str,
-        addr: SocketAddr,
-    ) -> Result<Arc<BackendState>, Box<AdminResponse>> {
+    /// The backend a control URL names (`tail` is what follows its address: empty, or
+    /// `wait-drained`), with its shared state from the serving snapshot; a 404 otherwise.
+    fn named(&self, path: &str, tail: &str) -> Result<Named, Box<AdminResponse>> {
+        let not_found = |code, message| Box::new(error(StatusCode::NOT_FOUND, code, message));
+        let Some((pool, addr, _)) = target(path).filter(|t| t.2 == tail) else {
+            return Err(not_found(
+                "not_found",
+                "use /admin/pools/{pool}/backends/{ip:port}",
+            ));
+        };
         let snap = self.state.load();
         let Some(p) = snap.pools.iter().find(|p| *p.pool.name == *pool) else {
-            return Err(Box::new(error(
-                StatusCode::NOT_FOUND,
-                "no_pool",
-                "no such pool",
-            )));
+            return Err(not_found("no_pool", "no such pool"));
         };
-        p.pool
+        let state = p
+            .pool
             .backends
             .iter()
             .find(|b| b.addr() == addr)
             .map(|b| Arc::clone(&b.state))
-            .ok_or_else(|| {
-                Box::new(error(
-                    StatusCode::NOT_FOUND,
-                    "no_backend",
-                    "no such backend in this pool",
-                ))
-            })
+            .ok_or_else(|| not_found("no_backend", "no such backend in this pool"))?;
+        Ok(Named { pool, addr, state })
     }
 
     /// `POST`: applies the overrides in `body`.
     pub(super) fn control(&self, path: &str, body: &Bytes, peer: SocketAddr) -> AdminResponse {
-        let Some((pool, addr, "")) = target(path) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "use /admin/pools/{pool}/backends/{ip:port}",
-            );
+        let Named { pool, addr, state } = match self.named(path, "") {
+            Ok(n) => n,
+            Err(r) => return *r,
         };
         let change: Change = match serde_json::from_slice(body) {
             Ok(c) => c,
@@ -133,10 +132,6 @@ impl Admin {
                 )
             }
         };
-        let state = match self.backend_state(&pool, addr) {
-            Ok(s) => s,
-            Err(r) => return *r,
-        };
         let o = &state.overrides;
         if let Some(d) = change.drain {
             o.set_drain(d);
@@ -160,15 +155,8 @@ impl Admin {
 
     /// `DELETE`: clears every override of the backend.
     pub(super) fn clear(&self, path: &str, peer: SocketAddr) -> AdminResponse {
-        let Some((pool, addr, "")) = target(path) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "use /admin/pools/{pool}/backends/{ip:port}",
-            );
-        };
-        let state = match self.backend_state(&pool, addr) {
-            Ok(s) => s,
+        let Named { pool, addr, state } = match self.named(path, "") {
+            Ok(n) => n,
             Err(r) => return *r,
         };
         let reweighted = state.overrides.weight().is_some();
@@ -205,8 +193,9 @@ impl Admin {
 
     /// `GET .../wait-drained?timeout=30s`: 200 once nothing is in flight, 504 at the timeout.
     pub(super) async fn wait_drained(&self, path: &str, query: Option<&str>) -> AdminResponse {
-        let Some((pool, addr, "wait-drained")) = target(path) else {
-            return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
+        let state = match self.named(path, "wait-drained") {
+            Ok(n) => n.state,
+            Err(r) => return *r,
         };
         let timeout = match query
             .unwrap_or("")
@@ -224,10 +213,6 @@ impl Admin {
                     )
                 }
             },
-        };
-        let state = match self.backend_state(&pool, addr) {
-            Ok(s) => s,
-            Err(r) => return *r,
         };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

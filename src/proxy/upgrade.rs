@@ -76,6 +76,7 @@ pub async fn tunnel(
         .route_stats
         .get(routed.index)
         .ok_or(ProxyError::NoRoute)?;
+    let entry = snap.pools.get(routed.pool).ok_or(ProxyError::NoRoute)?;
     let counters = Arc::clone(&stats.tunnels);
     let on_client = parts.extensions.remove::<OnUpgrade>();
     parts.extensions = Extensions::new();
@@ -148,15 +149,11 @@ pub async fn tunnel(
     let backend = x
         .tried
         .backend
-        .and_then(|b| snap.pools.get(routed.pool)?.pool.backends.get(b))
+        .and_then(|b| entry.pool.backends.get(b))
         .map_or_else(|| "-".to_owned(), |b| b.authority.to_string());
     let (attempts, decision) = (x.tried.attempts, x.tried.decision.unwrap_or("-"));
-    let idle = snap
-        .pools
-        .get(routed.pool)
-        .map_or(tunnel::HALF_CLOSE, |p| p.timeouts.tunnel_idle);
     let spec = Spec {
-        idle,
+        idle: entry.timeouts.tunnel_idle,
         websocket: true,
         closing: ctx.services.closing.clone(),
     };
