@@ -44,7 +44,10 @@ pub async fn run(
     // Before any pool exists: upstream pools keep idle connections per worker.
     worker::set_count(cfg.runtime.worker_threads.unwrap_or(1));
     let services = Arc::new(Services::new(&cfg.cache)?);
-    let snap = Snapshot::build(&cfg, None, &services.upstreams)?;
+    // Backends named by host:port are looked up before the first snapshot (blocking, once).
+    let mut found = crate::discovery::Found::default();
+    found.refresh_all(&cfg);
+    let snap = Snapshot::build(&cfg, &found, None, &services.upstreams)?;
     metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
     let state: SharedState = Arc::new(ArcSwap::from_pointee(snap));
 
@@ -161,7 +164,18 @@ pub async fn run(
     }
 
     // From here on, the snapshot's writers (reloads, runtime reweights) build from it.
-    *services.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
+    {
+        let mut applied = services.lock_applied();
+        applied.config = Some(Arc::new(cfg));
+        applied.found = found;
+    }
+    {
+        let (state, services, token) =
+            (Arc::clone(&state), Arc::clone(&services), shutdown.clone());
+        background.push(supervise("discovery", move || {
+            crate::discovery::run(Arc::clone(&state), Arc::clone(&services), token.clone())
+        }));
+    }
     sd_notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(generation = state.load().generation, "sandgate ready");
 

@@ -21,7 +21,8 @@
 //! address, and one `ArcSwap` store publishes it.
 //!
 //! Around them: `services` (what outlives snapshots: upstream pools, background tasks),
-//! `health` (active checks on their own tasks), `admin` (metrics, health, readiness,
+//! `health` (active checks on their own tasks), `discovery` (backends from DNS names and
+//! files), `admin` (metrics, health, readiness,
 //! backends), `metrics` (every metric name), `app` (wiring and shutdown), `demo` (built-in
 //! sandbox backends for `sandgate demo`).
 
@@ -37,6 +38,7 @@ pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod headers;
 pub mod health;

@@ -92,6 +92,9 @@ pub const PROXY_PROTOCOL_REJECTED_TOTAL: &str = "sandgate_proxy_protocol_rejecte
 /// `sandgate_admin_actions_total{action}` (`drain`, `undrain`, `disable`, `enable`,
 /// `breaker`, `weight`, `clear`)
 pub const ADMIN_ACTIONS_TOTAL: &str = "sandgate_admin_actions_total";
+/// `sandgate_discovery_errors_total{pool}`: failed lookups and bad discovery files (the last
+/// good set stays)
+pub const DISCOVERY_ERRORS_TOTAL: &str = "sandgate_discovery_errors_total";
 /// `sandgate_pool_usable_backends{pool}` (gauge): backends that may take traffic now
 pub const POOL_USABLE_BACKENDS: &str = "sandgate_pool_usable_backends";
 /// `sandgate_queue_max{pool}` (gauge): the pool's `queue.max`
@@ -199,6 +202,10 @@ fn describe() {
     describe_counter!(
         PROXY_PROTOCOL_REJECTED_TOTAL,
         "Connections closed for their PROXY protocol header, by listener and reason."
+    );
+    describe_counter!(
+        DISCOVERY_ERRORS_TOTAL,
+        "Failed DNS lookups and unreadable discovery files, by pool; the last good set stays."
     );
     describe_counter!(
         ADMIN_ACTIONS_TOTAL,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS_TOTAL, TASK_RESTARTS_TOTAL};
-use crate::services::Services;
+use crate::services::{Applied, Services};
 use crate::state::{SharedState, Snapshot};
 
 /// Why a reload happened.
@@ -110,41 +110,56 @@ impl Reloader {
         for w in &loaded.warnings {
             tracing::warn!("config warning: {w}");
         }
-        let mut applied = self
-            .services
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        // Names are looked up and discovery files read outside the lock, starting from the
+        // last good answers (which whatever fails now keeps).
+        let mut found = self.services.lock_applied().found.clone();
+        found.refresh_all(&loaded.config);
+        let mut applied = self.services.lock_applied();
         let old = self.state.load_full();
         for change in old.restart_needed(&loaded.config) {
             tracing::warn!("{change}: this needs a restart; applying everything else");
         }
-        let snap = Snapshot::build(&loaded.config, Some(&old), &self.services.upstreams)?;
+        let snap = Snapshot::build(&loaded.config, &found, Some(&old), &self.services.upstreams)?;
         let generation = snap.generation;
         self.state.store(Arc::new(snap));
-        *applied = Some(Arc::new(loaded.config));
+        applied.config = Some(Arc::new(loaded.config));
+        applied.found = found;
         drop(applied);
         tracing::info!(path = %self.path.display(), trigger = ?trigger, generation, "config reloaded");
         Ok(generation)
     }
 }
 
-/// Rebuilds the snapshot from the config it was built from, so that a runtime change to the
+/// Rebuilds the snapshot from the inputs it was built from, so that a runtime change to the
 /// backends' shared state (a weight set through the admin API) reaches every strategy's
 /// tables. Returns the new generation.
 pub fn rebuild(state: &SharedState, services: &Services, why: &str) -> Result<u64, String> {
-    let applied = services.applied.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(cfg) = applied.as_ref() else {
+    rebuild_with(state, services, why, |_| true).map(|g| g.unwrap_or_default())
+}
+
+/// Lets `change` update the snapshot's inputs under their lock, and rebuilds the snapshot
+/// if it says they changed. Returns the new generation, if one was built.
+pub fn rebuild_with(
+    state: &SharedState,
+    services: &Services,
+    why: &str,
+    change: impl FnOnce(&mut Applied) -> bool,
+) -> Result<Option<u64>, String> {
+    let mut applied = services.lock_applied();
+    if !change(&mut applied) {
+        return Ok(None);
+    }
+    let Some(cfg) = applied.config.as_ref() else {
         return Err("no config has been applied yet".to_owned());
     };
     let old = state.load_full();
-    let snap = Snapshot::build(cfg, Some(&old), &services.upstreams)?;
+    let snap = Snapshot::build(cfg, &applied.found, Some(&old), &services.upstreams)?;
     let generation = snap.generation;
     state.store(Arc::new(snap));
     drop(applied);
     metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
     tracing::info!(generation, why, "snapshot rebuilt");
-    Ok(generation)
+    Ok(Some(generation))
 }
 
 /// Installs the SIGHUP handler and the file watch now (so that nothing after start-up is
@@ -161,7 +176,7 @@ pub fn spawn(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::Jo
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let watcher = watch(&reloader.path, tx);
+    let watcher = watch(&reloader.path, tx, ());
     let restarts = metrics::counter!(TASK_RESTARTS_TOTAL, "task" => "reload");
     tokio::spawn(async move {
         let _watcher = watcher;
@@ -199,16 +214,18 @@ pub fn spawn(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::Jo
 }
 
 /// Watches the file's directory (not the file: rename-replace would orphan a file watch) and
-/// sends one message per debounced burst of events that touch the file.
-fn watch(
+/// sends `msg` once per debounced burst of events that touch the file.
+pub(crate) fn watch<T: Clone + Send + 'static>(
     path: &Path,
-    tx: mpsc::UnboundedSender<()>,
+    tx: mpsc::UnboundedSender<T>,
+    msg: T,
 ) -> Option<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let name = path.file_name()?.to_owned();
+    let shown = path.display().to_string();
     let handler = move |res: DebounceEventResult| match res {
         Ok(events) => {
             if events
@@ -216,20 +233,20 @@ fn watch(
                 .any(|e| e.path.file_name() == Some(name.as_os_str()))
             {
                 // The receiver only goes away at shutdown.
-                let _ = tx.send(());
+                let _ = tx.send(msg.clone());
             }
         }
-        Err(e) => tracing::warn!(error = %e, "config file watch error"),
+        Err(e) => tracing::warn!(error = %e, "file watch error"),
     };
     let mut debouncer = match new_debouncer(Duration::from_millis(200), handler) {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            tracing::error!(file = %shown, error = %e, "cannot watch the file");
             return None;
         }
     };
     if let Err(e) = debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
+        tracing::error!(dir = %dir.display(), error = %e, "cannot watch the directory");
         return None;
     }
     Some(debouncer)

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
 use crate::config::{CacheConfig, Config};
+use crate::discovery::Found;
 use crate::upstream::Upstreams;
 
 /// Everything the pipeline uses that is not part of one config generation.
@@ -22,11 +23,20 @@ pub struct Services {
     pub tasks: TaskTracker,
     /// Fires when the shutdown grace has run out: open tunnels close.
     pub closing: CancellationToken,
-    /// The config the serving snapshot was built from. Every writer of the snapshot (a
-    /// reload, a runtime reweight) holds this lock while it builds and stores, so that one
-    /// never overwrites the other with an older config. std Mutex: cold paths only, never
+    /// What the serving snapshot was built from. Every writer of the snapshot (a reload, a
+    /// runtime reweight, discovery) holds this lock while it builds and stores, so that one
+    /// never overwrites the other with older inputs. std Mutex: cold paths only, never
     /// across an await.
-    pub applied: Mutex<Option<Arc<Config>>>,
+    pub applied: Mutex<Applied>,
+}
+
+/// The inputs of the serving snapshot.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The config (None until start-up has built the first snapshot).
+    pub config: Option<Arc<Config>>,
+    /// The backends discovery found for it.
+    pub found: Found,
 }
 
 impl Services {
@@ -37,7 +47,17 @@ impl Services {
             cache: Cache::new(cache)?,
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
-            applied: Mutex::new(None),
+            applied: Mutex::new(Applied::default()),
         })
+    }
+
+    /// Locks the snapshot's inputs (a poisoned lock is taken over: its data stays valid).
+    pub fn lock_applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The config the serving snapshot was built from.
+    pub fn applied_config(&self) -> Option<Arc<Config>> {
+        self.lock_applied().config.clone()
     }
 }

@@ -22,6 +22,7 @@ use crate::config::{
     CacheConfig, Config, HealthConfig, LimitsConfig, QueueConfig, RetryConfig, RouteCacheConfig,
     RuntimeConfig, Secret, Timeouts,
 };
+use crate::discovery::Found;
 use crate::limit::RateLimiter;
 use crate::metrics::{
     CodeCounters, CACHE_REQUESTS_TOTAL, CLIENT_ABORTS_TOTAL, REQUESTS_TOTAL, REQUEST_DURATION,
@@ -195,8 +196,10 @@ fn http2_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 impl Snapshot {
     /// Builds the snapshot for `cfg`. With `old`, backend state is carried over by pool and
     /// address, and listeners keep their bound identity (see [`Snapshot::restart_needed`]).
+    /// `found` adds the backends discovery found to the file's.
     pub fn build(
         cfg: &Config,
+        found: &Found,
         old: Option<&Snapshot>,
         upstreams: &Upstreams,
     ) -> Result<Snapshot, String> {
@@ -251,13 +254,15 @@ impl Snapshot {
             }
         }
         let mut pools = Vec::with_capacity(cfg.pools.len());
+        let mut live = Vec::new();
         for pc in &cfg.pools {
+            let members = found.backends_of(pc);
+            live.extend(members.iter().map(|b| (pc.name.as_str(), b.address)));
             let queue = queues
                 .get(pc.name.as_str())
                 .map_or_else(|| Arc::new(WaitQueue::new(&pc.name)), |q| Arc::clone(q));
             let initial_healthy = pc.health.as_ref().is_none_or(|h| h.initial_healthy);
-            let backends = pc
-                .backends
+            let backends = members
                 .iter()
                 .map(|bc| {
                     let state = match prior.get(&(pc.name.as_str(), bc.address)) {
@@ -304,8 +309,7 @@ impl Snapshot {
                 ),
                 budget_exhausted: metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "pool" => pc.name.clone()),
                 timeouts: pc.timeouts,
-                conns: pc
-                    .backends
+                conns: members
                     .iter()
                     .map(|bc| {
                         let settings = PoolSettings {
@@ -319,12 +323,7 @@ impl Snapshot {
                     .collect(),
             });
         }
-        upstreams.retain(
-            &cfg.pools
-                .iter()
-                .flat_map(|p| p.backends.iter().map(|b| (p.name.as_str(), b.address)))
-                .collect::<Vec<_>>(),
-        );
+        upstreams.retain(&live);
 
         let route_stats = cfg
             .routes

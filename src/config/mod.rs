@@ -1,6 +1,7 @@
 //! Configuration: `raw` mirrors the YAML, `validate` turns it into the typed [`Config`] below,
 //! collecting every error with its YAML path and line, and [`load`] ties them to a file.
 
+pub mod discovery;
 pub mod lines;
 pub mod raw;
 mod raw_protection;
@@ -390,6 +391,10 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// How the pool's backends are reached: TLS and protocol.
     pub transport: Arc<Transport>,
+    /// Backends found by name or in a file, if any.
+    pub discovery: Option<Arc<discovery::DiscoveryConfig>>,
+    /// `pools.NAME.max_connections`: the cap of backends that set none (discovered ones too).
+    pub pool_max_connections: Option<u32>,
 }
 
 /// Where an affinity key comes from.
@@ -480,7 +485,7 @@ pub struct GeoConfig {
 }
 
 /// One backend of a pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     /// Address of the sandbox worker.
     pub address: SocketAddr,

@@ -326,6 +326,9 @@ pub struct RawPool {
     /// The pool's backends.
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+    /// How backends named by `host:port` are refreshed, and a file of backends.
+    #[serde(default)]
+    pub discovery: Option<RawDiscovery>,
     /// Ramp a new or recovered backend from a small share to its full weight over this time.
     #[serde(default)]
     pub slow_start: Option<String>,
@@ -487,7 +490,8 @@ pub struct RawTimeouts {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
-    /// `ip:port` of the sandbox worker.
+    /// `ip:port` of the sandbox worker, or `host:port`: every A/AAAA record of the name
+    /// becomes a backend (see `discovery`).
     pub address: String,
     /// Relative weight, default 1.
     #[serde(default)]
@@ -498,4 +502,16 @@ pub struct RawBackend {
     /// Concurrency cap of this backend (overrides the pool's).
     #[serde(default)]
     pub max_connections: Option<i64>,
+}
+
+/// `pools.NAME.discovery`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// How often `host:port` backends are resolved again (default 30s).
+    #[serde(default)]
+    pub dns_refresh: Option<String>,
+    /// A JSON list of `{address, weight, region}`, watched and applied without a reload.
+    #[serde(default)]
+    pub file: Option<String>,
 }

@@ -94,6 +94,14 @@ where
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
+    serve_backend(listener, handler)
+}
+
+/// Serves `handler` over HTTP/1.1 on a bound listener.
+pub fn serve_backend<F>(listener: TcpListener, handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> HandlerFuture + Send + Sync + 'static,
+{
     let addr = listener.local_addr().expect("backend addr");
     let hits = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
@@ -241,12 +249,18 @@ pub fn spawn_proxy(yaml: &str) -> Proxy {
 
 /// Like [`spawn_proxy`] in a given directory (for configs that reference files in it).
 pub fn spawn_proxy_in(dir: tempfile::TempDir, yaml: &str) -> Proxy {
+    spawn_proxy_env(dir, yaml, &[])
+}
+
+/// Like [`spawn_proxy_in`] with extra environment variables.
+pub fn spawn_proxy_env(dir: tempfile::TempDir, yaml: &str, env: &[(&str, &str)]) -> Proxy {
     let config_path = dir.path().join("sandgate.yaml");
     std::fs::write(&config_path, yaml).expect("write config");
     let mut child = Command::new(sandgate_bin())
         .args(["--log-format", "json", "run", "--config"])
         .arg(&config_path)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

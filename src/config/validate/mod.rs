@@ -198,7 +198,6 @@ impl Errors<'_> {
     }
 }
 
-/// Validates `raw` into a [`Config`]; `base` resolves relative TLS file paths.
 /// Validates `raw` into a [`Config`]; `base` resolves relative file paths (TLS, secrets).
 pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loaded, ConfigErrors> {
     let mut e = Errors {

@@ -1,10 +1,13 @@
 //! `pools.NAME`: timeouts, backends, strategy blocks, protection and the wait queue.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{protection, strategies, transport, Errors, MAX_WEIGHT};
+use crate::config::discovery::{parse_host_port, DiscoveryConfig, NamedBackend};
 use crate::config::raw::{RawPool, StrategyKind};
 use crate::config::{BackendConfig, PoolConfig, QueueConfig, Timeouts};
 
@@ -38,10 +41,11 @@ pub(super) fn validate(
             Duration::from_secs(3600),
         ),
     };
-    if p.backends.is_empty() {
+    let file = p.discovery.as_ref().and_then(|d| d.file.as_ref());
+    if p.backends.is_empty() && file.is_none() {
         e.push(
             format!("{pp}.backends"),
-            "a pool needs at least one backend",
+            "a pool needs at least one backend (or a discovery.file)",
         );
     }
     let pool_cap = e.count(
@@ -52,14 +56,33 @@ pub(super) fn validate(
     );
     let mut seen = HashSet::new();
     let mut backends = Vec::new();
+    let mut names = Vec::new();
     for (i, b) in p.backends.iter().enumerate() {
         let bp = format!("{pp}.backends[{i}]");
-        let address = e.addr(&format!("{bp}.address"), &b.address);
-        if let Some(a) = address {
-            if !seen.insert(a) {
+        let (address, name) = match b.address.trim().parse::<SocketAddr>() {
+            Ok(a) => (Some(a), None),
+            Err(_) => match parse_host_port(&b.address) {
+                Some(n) => (None, Some(n)),
+                None => {
+                    e.push(
+                        format!("{bp}.address"),
+                        format!(
+                            "invalid address {:?}; write ip:port or host:port, e.g. 127.0.0.1:9001",
+                            b.address
+                        ),
+                    );
+                    (None, None)
+                }
+            },
+        };
+        let key = address
+            .map(|a| a.to_string())
+            .or(name.as_ref().map(|(h, p)| format!("{h}:{p}")));
+        if let Some(k) = key {
+            if !seen.insert(k.clone()) {
                 e.push(
                     format!("{bp}.address"),
-                    format!("duplicate backend address {a} in this pool"),
+                    format!("duplicate backend address {k} in this pool"),
                 );
             }
         }
@@ -89,15 +112,37 @@ pub(super) fn validate(
             1,
             Some(u32::MAX.into()),
         );
+        let max_connections = cap.or(pool_cap).map(|c| c as u32);
         if let Some(address) = address {
             backends.push(BackendConfig {
                 address,
                 weight,
                 region: b.region.clone(),
-                max_connections: cap.or(pool_cap).map(|c| c as u32),
+                max_connections,
+            });
+        }
+        if let Some((host, port)) = name {
+            names.push(NamedBackend {
+                host,
+                port,
+                weight,
+                region: b.region.clone(),
+                max_connections,
             });
         }
     }
+    let discovery = (!names.is_empty() || file.is_some()).then(|| {
+        let dp = format!("{pp}.discovery");
+        Arc::new(DiscoveryConfig {
+            names,
+            dns_refresh: e.positive(
+                &format!("{dp}.dns_refresh"),
+                p.discovery.as_ref().and_then(|d| d.dns_refresh.as_ref()),
+                Duration::from_secs(30),
+            ),
+            file: file.map(|f| base.join(f)),
+        })
+    });
     let slow_start = p
         .slow_start
         .as_ref()
@@ -189,5 +234,7 @@ pub(super) fn validate(
             )
             .unwrap_or(32) as usize,
         transport: transport::validate(e, &pp, p, base, warnings),
+        discovery,
+        pool_max_connections: pool_cap.map(|c| c as u32),
     }
 }

@@ -42,10 +42,10 @@ pools:
         e,
         vec![
             "line 6: routes[0].pool: no pool named \"missing\"",
-            "line 9: pools.empty.backends: a pool needs at least one backend",
+            "line 9: pools.empty.backends: a pool needs at least one backend (or a discovery.file)",
             "line 14: pools.sandboxes.backends[1].address: duplicate backend address 127.0.0.1:9001 in this pool",
             "line 14: pools.sandboxes.backends[1].weight: must be at least 1",
-            "line 15: pools.sandboxes.backends[2].address: invalid address \"not-an-address\"; write ip:port, e.g. 127.0.0.1:9001",
+            "line 15: pools.sandboxes.backends[2].address: invalid address \"not-an-address\"; write ip:port or host:port, e.g. 127.0.0.1:9001",
         ]
     );
 }
@@ -157,4 +157,59 @@ pools:
 ",
     );
     assert!(ok.is_empty(), "{ok:#?}");
+}
+
+#[test]
+fn discovery_names_and_files() {
+    let src = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+routes: [{ name: r, pool: p }]
+pools:
+  p:
+    max_connections: 4
+    discovery: { dns_refresh: 5s, file: sandboxes.json }
+    backends:
+      - { address: 127.0.0.1:2 }
+      - { address: 'Sandbox.internal:9001', weight: 3, region: eu }
+  q:
+    discovery: { file: q.json }
+";
+    let loaded = parse_str(src, Path::new("/etc/sandgate")).expect("valid");
+    let p = &loaded.config.pools[0];
+    let d = p.discovery.as_ref().expect("discovery");
+    assert_eq!(d.dns_refresh, std::time::Duration::from_secs(5));
+    assert_eq!(
+        d.file.as_deref(),
+        Some(Path::new("/etc/sandgate/sandboxes.json"))
+    );
+    assert_eq!(d.names.len(), 1);
+    assert_eq!(
+        (d.names[0].host.as_str(), d.names[0].port),
+        ("sandbox.internal", 9001)
+    );
+    assert_eq!(
+        (d.names[0].weight, d.names[0].max_connections),
+        (3, Some(4))
+    );
+    assert_eq!(p.backends.len(), 1);
+    assert!(
+        loaded.config.pools[1].backends.is_empty(),
+        "a file alone is enough"
+    );
+
+    let bad = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+routes: [{ name: r, pool: p }]
+pools:
+  p:
+    discovery: { dns_refresh: 0s }
+    backends: [{ address: 'sandbox.internal:9001' }, { address: 'Sandbox.Internal:9001' }]
+";
+    assert_eq!(
+        errs(bad),
+        vec![
+            "line 5: pools.p.discovery.dns_refresh: must be greater than 0",
+            "line 6: pools.p.backends[1].address: duplicate backend address sandbox.internal:9001 in this pool",
+        ]
+    );
 }
