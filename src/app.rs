@@ -19,16 +19,19 @@ use crate::metrics::CONFIG_GENERATION;
 use crate::reload::{self, sd_notify, Reloader};
 use crate::server::{self, Serving};
 use crate::services::Services;
+use crate::sockets::{self, Handoff, Inherited};
 use crate::state::{SharedState, Snapshot};
 use crate::task::supervise;
-use crate::worker;
+use crate::{upgrade, worker};
 
 /// Runs sandgate until SIGTERM or SIGINT. `config_path` enables live reload; without it
 /// (the demo) SIGHUP is logged and ignored.
+/// `inherited` holds the sockets systemd or the previous process passed in.
 pub async fn run(
     loaded: Loaded,
     config_path: Option<PathBuf>,
     prometheus: PrometheusHandle,
+    mut inherited: Inherited,
 ) -> Result<(), String> {
     // Install signal handlers before anything else, so an early signal is not fatal.
     let mut term =
@@ -36,6 +39,8 @@ pub async fn run(
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     let hup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let mut usr2 =
+        signal(SignalKind::user_defined2()).map_err(|e| format!("cannot handle SIGUSR2: {e}"))?;
 
     for w in &loaded.warnings {
         tracing::warn!("config warning: {w}");
@@ -67,21 +72,30 @@ pub async fn run(
     let workers = cfg.runtime.worker_threads.unwrap_or(1);
     let mut others: Vec<Vec<(std::net::TcpListener, Arc<str>)>> =
         (1..workers).map(|_| Vec::new()).collect();
+    let mut handoff = Handoff::default();
     for l in &cfg.listeners {
         let fail =
             |e: std::io::Error| format!("listener {}: cannot bind {}: {e}", l.name, l.address);
-        let mut sockets = worker::bind(l.address, workers).map_err(fail)?.into_iter();
-        let first = sockets
-            .next()
-            .ok_or_else(|| format!("listener {}: no socket", l.name))?;
-        let listener = TcpListener::from_std(first).map_err(fail)?;
-        let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(listener = %l.name, address = %bound, tls = l.tls.is_some(), workers, "listening");
+        let (per_worker, passed) =
+            sockets::for_listener(&mut inherited, &mut handoff, &l.name, l.address, workers)
+                .map_err(fail)?;
         let name: Arc<str> = Arc::from(l.name.as_str());
-        for (k, s) in sockets.enumerate() {
-            others[k].push((s, Arc::clone(&name)));
+        for (k, list) in per_worker.into_iter().enumerate() {
+            for socket in list {
+                if k > 0 {
+                    others[k - 1].push((socket, Arc::clone(&name)));
+                    continue;
+                }
+                let listener = TcpListener::from_std(socket).map_err(fail)?;
+                let bound = listener.local_addr().map_err(|e| e.to_string())?;
+                tracing::info!(listener = %l.name, address = %bound, tls = l.tls.is_some(), workers, passed, "listening");
+                background.push(tokio::spawn(server::serve(
+                    listener,
+                    Arc::clone(&name),
+                    serving.clone(),
+                )));
+            }
         }
-        background.push(tokio::spawn(server::serve(listener, name, serving.clone())));
     }
     // Ends the other workers' runtimes once shutdown has drained (or its grace ran out).
     let workers_done = CancellationToken::new();
@@ -119,9 +133,16 @@ pub async fn run(
         }));
     }
     if let Some(addr) = cfg.admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("admin: cannot bind {addr}: {e}"))?;
+        let fail = |e: std::io::Error| format!("admin: cannot bind {addr}: {e}");
+        let socket = match inherited.take(sockets::ADMIN).and_then(|mut s| s.pop()) {
+            Some(s) => s,
+            None => worker::bind(addr, 1)
+                .map_err(fail)?
+                .pop()
+                .ok_or_else(|| format!("admin: no socket for {addr}"))?,
+        };
+        handoff.keep(sockets::ADMIN, &socket).map_err(fail)?;
+        let listener = TcpListener::from_std(socket).map_err(fail)?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(address = %bound, "admin listening");
         let admin = Arc::new(Admin::new(
@@ -176,16 +197,38 @@ pub async fn run(
             crate::discovery::run(Arc::clone(&state), Arc::clone(&services), token.clone())
         }));
     }
+    for name in inherited.unused() {
+        tracing::warn!(
+            name,
+            "a passed socket matches no listener; it is not served"
+        );
+    }
     sd_notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(generation = state.load().generation, "sandgate ready");
+    upgrade::tell_predecessor().await;
 
-    let sig = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let sig = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = usr2.recv() => match upgrade::start_successor(&handoff).await {
+                Ok(pid) => {
+                    // systemd follows the new process from here on (it sends READY itself).
+                    sd_notify(&[sd_notify::NotifyState::MainPid(pid)]);
+                    tracing::info!(pid, old_pid = std::process::id(), "upgrade: new process ready; this one stops accepting and drains");
+                    break "SIGUSR2";
+                }
+                Err(e) => tracing::error!(error = %e, "upgrade failed; this process keeps serving"),
+            },
+        }
     };
     let grace = state.load().runtime.shutdown_grace;
     tracing::info!(signal = sig, grace = ?grace, "shutting down: no new connections, draining in-flight requests");
-    sd_notify(&[sd_notify::NotifyState::Stopping]);
+    if sig != "SIGUSR2" {
+        sd_notify(&[sd_notify::NotifyState::Stopping]);
+    }
+    // The kept duplicates go, so that the sockets close unless a successor holds them.
+    handoff.clear();
     shutdown.cancel();
     tracker.close();
     services.tasks.close();

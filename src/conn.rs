@@ -527,8 +527,14 @@ where
     }
 }
 
+/// How long an idle keep-alive connection may still bring one last request once shutdown
+/// began: its client may be sending one right now, and would see the connection close under
+/// it. That request is answered with `Connection: close` (HTTP/2: after the GOAWAY).
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
 /// Drives `conn` to its end, shutting it down gracefully once it has been idle for
-/// `keepalive` or when `shutdown` fires.
+/// `keepalive` or when `shutdown` fires: at once when a request is in flight (its response
+/// closes the connection), else when one starts or [`DRAIN_LINGER`] has passed.
 pub async fn watch<C: Graceful>(
     mut conn: Pin<&mut C>,
     state: &ConnState,
@@ -536,6 +542,7 @@ pub async fn watch<C: Graceful>(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> C::Output {
     let mut closing = false;
+    let mut linger: Option<Instant> = None;
     loop {
         let idle_deadline = state.idle_since().map(|t| t + keepalive);
         let idle = async {
@@ -544,12 +551,28 @@ pub async fn watch<C: Graceful>(
                 _ => std::future::pending().await,
             }
         };
+        let tick = async {
+            match linger {
+                Some(_) if !closing => tokio::time::sleep(Duration::from_millis(10)).await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = conn.as_mut() => return r,
-            _ = shutdown.cancelled(), if !closing => {
-                // Finish the requests in flight, then close; idle connections close at once.
-                conn.as_mut().shut_down();
-                closing = true;
+            _ = shutdown.cancelled(), if !closing && linger.is_none() => {
+                if state.idle_since().is_some() {
+                    linger = Some(Instant::now() + DRAIN_LINGER);
+                } else {
+                    // Finish the requests in flight, then close.
+                    conn.as_mut().shut_down();
+                    closing = true;
+                }
+            }
+            _ = tick => {
+                if state.idle_since().is_none() || linger.is_some_and(|t| Instant::now() >= t) {
+                    conn.as_mut().shut_down();
+                    closing = true;
+                }
             }
             _ = idle => {
                 // Still idle at the deadline (a request may have started meanwhile).

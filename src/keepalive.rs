@@ -14,6 +14,10 @@
 //!    shutdown) and hands the socket back ([`serve_h1`]); its buffers are freed.
 //! 3. The socket waits for readability (or the keep-alive timeout, or shutdown), and a fresh
 //!    hyper connection serves the next request.
+//!
+//! At shutdown (or a binary upgrade) a parked connection is not cut at once: its client may
+//! be sending a request on it right now, and would see the connection close under it. For up
+//! to [`conn::DRAIN_LINGER`] a request that arrives is still served, with `Connection: close`.
 
 use std::convert::Infallible;
 use std::io;
@@ -218,9 +222,24 @@ where
             continue; // hyper had read ahead after all: serve that at once
         }
         let idle_deadline = state.idle_deadline(timers.keepalive);
-        if !io.wait_readable(idle_deadline, shutdown).await {
+        if io.wait_readable(idle_deadline, shutdown).await {
+            continue;
+        }
+        if !shutdown.is_cancelled() {
             return Ok(()); // closing an idle HTTP/1 connection: dropping the socket is all
         }
+        // Draining: one last request, if the client sends it soon, answered with
+        // `Connection: close` (keep-alive off) and not cut short by the shutdown.
+        let linger = idle_deadline.min(Instant::now() + conn::DRAIN_LINGER);
+        let never = CancellationToken::new();
+        if !io.wait_readable(linger, &never).await {
+            return Ok(());
+        }
+        let mut last = builder.clone();
+        last.keep_alive(false);
+        let conn = last.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        tokio::pin!(conn);
+        return Box::pin(conn::watch(conn, state, timers.keepalive, &never)).await;
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use sandgate::{accesslog, app, config, demo, metrics};
+use sandgate::{accesslog, app, config, demo, metrics, sockets, upgrade};
 
 #[derive(Parser)]
 #[command(
@@ -90,7 +90,12 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn serve(loaded: config::Loaded, path: PathBuf, format: LogFormat) -> ExitCode {
+fn serve(
+    loaded: config::Loaded,
+    path: PathBuf,
+    format: LogFormat,
+    inherited: sockets::Inherited,
+) -> ExitCode {
     let idle = loaded.config.runtime.metrics_idle_timeout;
     let rt = match runtime(loaded.config.runtime.worker_threads) {
         Ok(rt) => rt,
@@ -110,7 +115,7 @@ fn serve(loaded: config::Loaded, path: PathBuf, format: LogFormat) -> ExitCode {
         tracing::error!(error = %e, "cannot start the access log writer");
         return ExitCode::from(1);
     }
-    let result = rt.block_on(app::run(loaded, Some(path), prometheus));
+    let result = rt.block_on(app::run(loaded, Some(path), prometheus, inherited));
     accesslog::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,9 +134,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => {
+            // Before any thread starts: both read and clear environment variables.
+            upgrade::init();
+            let inherited = sockets::Inherited::from_env();
             init_logging(cli.log_format);
+            let inherited = match inherited {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
             match config::load(&config) {
-                Ok(loaded) => serve(loaded, config, cli.log_format),
+                Ok(loaded) => serve(loaded, config, cli.log_format, inherited),
                 Err(errors) => {
                     for e in &errors.0 {
                         tracing::error!(path = %config.display(), "config error: {e}");
@@ -189,7 +204,7 @@ fn run_demo(format: LogFormat) -> ExitCode {
             a = demo::ADMIN_ADDR,
             s = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         );
-        app::run(loaded, None, prometheus).await
+        app::run(loaded, None, prometheus, sockets::Inherited::default()).await
     });
     accesslog::flush();
     match result {

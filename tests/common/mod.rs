@@ -377,6 +377,11 @@ impl Proxy {
         self.wait_reload_event(before)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal by name (`TERM`, `INT`, `HUP`).
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
