@@ -193,6 +193,23 @@ pub async fn run(
     {
         let (state, services, token) =
             (Arc::clone(&state), Arc::clone(&services), shutdown.clone());
+        background.push(supervise("capacity", move || {
+            let (state, services, token) =
+                (Arc::clone(&state), Arc::clone(&services), token.clone());
+            async move {
+                let mut tick = tokio::time::interval(crate::capacity::SAMPLE_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => services.capacity.sample(&state.load()),
+                    }
+                }
+            }
+        }));
+    }
+    {
+        let (state, services, token) =
+            (Arc::clone(&state), Arc::clone(&services), shutdown.clone());
         background.push(supervise("discovery", move || {
             crate::discovery::run(Arc::clone(&state), Arc::clone(&services), token.clone())
         }));

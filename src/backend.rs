@@ -61,6 +61,8 @@ pub struct BackendState {
     pub upstream_duration: Histogram,
     /// What an operator set at runtime (admin API).
     pub overrides: Overrides,
+    /// Latencies of the tries, for `/admin/capacity`.
+    pub latency: crate::capacity::LatencyHist,
 }
 
 const NO_BREAKER: u8 = 3;
@@ -144,6 +146,7 @@ impl BackendState {
             upstream_requests: CodeCounters::new(UPSTREAM_REQUESTS_TOTAL, labels.clone()),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION, labels),
             overrides: Overrides::default(),
+            latency: crate::capacity::LatencyHist::default(),
         }
     }
 

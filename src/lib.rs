@@ -23,7 +23,7 @@
 //! Around them: `services` (what outlives snapshots: upstream pools, background tasks),
 //! `health` (active checks on their own tasks), `discovery` (backends from DNS names and
 //! files), `admin` (metrics, health, readiness,
-//! backends), `metrics` (every metric name), `app` (wiring and shutdown), `demo` (built-in
+//! backends, capacity from `capacity`'s sampler), `metrics` (every metric name), `app` (wiring and shutdown), `demo` (built-in
 //! sandbox backends for `sandgate demo`).
 
 pub mod accesslog;
@@ -35,6 +35,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod cache;
+pub mod capacity;
 pub mod config;
 pub mod conn;
 pub mod demo;

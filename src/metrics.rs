@@ -97,6 +97,12 @@ pub const ADMIN_ACTIONS_TOTAL: &str = "sandgate_admin_actions_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "sandgate_discovery_errors_total";
 /// `sandgate_pool_usable_backends{pool}` (gauge): backends that may take traffic now
 pub const POOL_USABLE_BACKENDS: &str = "sandgate_pool_usable_backends";
+/// `sandgate_pool_slots{pool}` (gauge): the sum of the backends' `max_connections` (+Inf
+/// when one has no cap)
+pub const POOL_SLOTS: &str = "sandgate_pool_slots";
+/// `sandgate_pool_utilisation{pool}` (gauge): the load over the last minute (rate × mean
+/// latency) over the slots
+pub const POOL_UTILISATION: &str = "sandgate_pool_utilisation";
 /// `sandgate_queue_max{pool}` (gauge): the pool's `queue.max`
 pub const QUEUE_MAX: &str = "sandgate_queue_max";
 /// `sandgate_access_log_dropped_total`: access log lines dropped while stderr was stalled
@@ -202,6 +208,14 @@ fn describe() {
     describe_counter!(
         PROXY_PROTOCOL_REJECTED_TOTAL,
         "Connections closed for their PROXY protocol header, by listener and reason."
+    );
+    describe_gauge!(
+        POOL_SLOTS,
+        "Concurrency slots of the pool: the sum of its backends' max_connections (+Inf when one has no cap)."
+    );
+    describe_gauge!(
+        POOL_UTILISATION,
+        "The pool's load over the last minute (request rate times mean upstream latency) over its slots."
     );
     describe_counter!(
         DISCOVERY_ERRORS_TOTAL,

@@ -28,6 +28,8 @@ pub struct Services {
     /// never overwrites the other with older inputs. std Mutex: cold paths only, never
     /// across an await.
     pub applied: Mutex<Applied>,
+    /// The capacity sampler's memory.
+    pub capacity: crate::capacity::Tracker,
 }
 
 /// The inputs of the serving snapshot.
@@ -48,6 +50,7 @@ impl Services {
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
             applied: Mutex::new(Applied::default()),
+            capacity: crate::capacity::Tracker::default(),
         })
     }
 

@@ -131,6 +131,7 @@ impl Admin {
             Method::GET if Self::is_control(&path) => {
                 self.wait_drained(&path, req.uri().query()).await
             }
+            Method::GET if path == "/admin/capacity" => self.capacity(req.uri().query()),
             Method::GET | Method::HEAD => self.get(&path),
             Method::DELETE if Self::is_control(&path) => {
                 if let Some(denied) = self.refuse(req.headers()) {

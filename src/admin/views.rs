@@ -1,9 +1,10 @@
-//! Read-only views: `/healthz`, `/readyz`, `/admin/backends`.
+//! Read-only views: `/healthz`, `/readyz`, `/admin/backends`, `/admin/capacity`.
 
 use http::StatusCode;
 use serde_json::json;
 
-use super::{reply, Admin, AdminResponse};
+use super::{error, reply, Admin, AdminResponse};
+use crate::capacity::DEFAULT_TARGET;
 
 impl Admin {
     pub(super) fn readyz(&self) -> AdminResponse {
@@ -89,4 +90,39 @@ impl Admin {
             json!({"generation": snap.generation, "pools": pools}),
         )
     }
+
+    /// `GET /admin/capacity?target=70%`: per pool, slots, in flight and its peaks, queue,
+    /// rate and latency over the last minute, utilisation, and the backends needed to stay
+    /// under the target (`0.7`, `70` or `70%`; default 70%).
+    pub(super) fn capacity(&self, query: Option<&str>) -> AdminResponse {
+        let target = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("target="));
+        let target = match target.map(parse_target) {
+            None => DEFAULT_TARGET,
+            Some(Some(t)) => t,
+            Some(None) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_target",
+                    "target must be a utilisation above 0 and at most 100%, e.g. 0.7 or 70%",
+                )
+            }
+        };
+        let snap = self.state.load();
+        reply(StatusCode::OK, self.services.capacity.report(&snap, target))
+    }
+}
+
+/// `0.7`, `70` or `70%` (URL-encoded `70%25` too) as a share in (0, 1].
+fn parse_target(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (n, percent) = match s.strip_suffix("%25").or_else(|| s.strip_suffix('%')) {
+        Some(n) => (n, true),
+        None => (s, false),
+    };
+    let v: f64 = n.parse().ok()?;
+    let share = if percent || v > 1.0 { v / 100.0 } else { v };
+    (share > 0.0 && share <= 1.0).then_some(share)
 }

@@ -32,7 +32,9 @@ pub fn outcome(
     result: &Result<Response<crate::upstream::Pooled>, ProxyError>,
     sent: Instant,
 ) -> Recorded {
-    state.upstream_duration.record(sent.elapsed().as_secs_f64());
+    let took = sent.elapsed();
+    state.upstream_duration.record(took.as_secs_f64());
+    state.latency.record(took);
     let outcome = match result {
         Ok(r) => Outcome::Status(r.status().as_u16()),
         // Dropping the permit unrecorded gives a half-open probe slot back.
