@@ -41,6 +41,10 @@ enum Command {
         /// Path of the YAML config.
         #[arg(short, long, default_value = "/etc/sandgate/sandgate.yaml")]
         config: PathBuf,
+        /// Print the resolved config, every default filled in, as YAML (secrets redacted)
+        /// instead of `ok`.
+        #[arg(long)]
+        dump: bool,
     },
     /// Start three demo sandbox backends and the proxy on 127.0.0.1:8080 (admin 127.0.0.1:9900).
     Demo,
@@ -67,13 +71,17 @@ fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Run
     b.enable_all().build()
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, dump: bool) -> ExitCode {
     match config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            println!("ok");
+            if dump {
+                print!("{}", config::dump::dump(&loaded.config));
+            } else {
+                println!("ok");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -132,7 +140,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, dump } => check(&config, dump),
         Command::Run { config } => {
             // Before any thread starts: both read and clear environment variables.
             upgrade::init();

@@ -7,11 +7,18 @@ use std::process::Command;
 use common::sandgate_bin;
 
 fn check(yaml: &str) -> (i32, String, String) {
+    check_with(yaml, &[])
+}
+
+/// `sandgate check` with extra arguments.
+pub fn check_with(yaml: &str, args: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sandgate.yaml");
     std::fs::write(&path, yaml).unwrap();
     let out = Command::new(sandgate_bin())
-        .args(["check", "--config"])
+        .arg("check")
+        .args(args)
+        .arg("--config")
         .arg(&path)
         .output()
         .unwrap();
@@ -184,6 +191,66 @@ fn config_example_passes_check() {
     assert_eq!(code, 0, "config.example.yaml failed check:\n{err}");
     assert_eq!(out.trim(), "ok");
     assert!(!err.contains("warning"), "example has warnings:\n{err}");
+
+    // --dump: every key resolved, secrets redacted.
+    let (code, dump, err) = check_with(&yaml, &["--dump"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_yaml::Value = serde_yaml::from_str(&dump).expect("the dump is YAML");
+    assert_eq!(v["admin"]["token_file"], "<redacted>");
+    assert_eq!(
+        v["pools"]["sessions"]["affinity"]["cookie"]["secret_file"],
+        "<redacted>"
+    );
+    assert_eq!(
+        v["listeners"][1]["tls"]["certificates"][0]["key"],
+        "<redacted>"
+    );
+    assert!(!dump.contains("an-admin-token") && !dump.contains("0123456789abcdef"));
+    // Defaults are filled in.
+    assert_eq!(
+        v["pools"]["sessions"]["timeouts"]["connect"], "5s",
+        "{dump}"
+    );
+    assert_eq!(v["pools"]["sessions"]["queue"]["max"], 1000);
+    assert_eq!(v["routes"][1]["match"]["path_prefix_segments"], false);
+    assert_eq!(v["pools"]["sandboxes"]["health_check"]["jitter"], "10%");
+    assert_eq!(v["pools"]["sandboxes"]["discovery"]["dns_refresh"], "30s");
+}
+
+#[test]
+fn a_dump_loads_again_to_the_same_config() {
+    let yaml = "\
+listeners: [{ name: p, address: 127.0.0.1:8080, proxy_protocol: { trusted: [10.0.0.0/8] } }]
+admin: { address: 127.0.0.1:9900 }
+limits: { max_inflight: 100 }
+cache: { redis: { url: 'redis://user:hunter2@127.0.0.1:6379/0' } }
+routes:
+  - { name: r, match: { host: '*.example.com', headers: { x-tenant: acme } }, pool: s,
+      rate_limit: { key: 'header:x-key', rate: 100/m }, cache: { enabled: true } }
+pools:
+  s:
+    strategy: affinity
+    affinity: { key: 'cookie:sid', bounded_load: 1.25 }
+    health_check: { tcp: true, expect_status: '200,204-206' }
+    circuit_breaker: {}
+    retry: { per_try_timeout: 1500ms }
+    max_connections: 8
+    backends: [{ address: 127.0.0.1:9001, weight: 3, region: eu }, { address: 'sandbox.internal:9002' }]
+  g:
+    strategy: geo
+    geo: { client_region: [{ header: x-region }, { cidr: { 10.1.0.0/16: eu } }], failover: { eu: [us] } }
+    backends: [{ address: '[::1]:9003', region: eu }, { address: 127.0.0.1:9004, region: us }]
+";
+    let (code, first, err) = check_with(yaml, &["--dump"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        first.contains("redis://<redacted>@127.0.0.1:6379/0"),
+        "{first}"
+    );
+    assert!(!first.contains("hunter2"));
+    let (code, second, err) = check_with(&first, &["--dump"]);
+    assert_eq!(code, 0, "the dump does not load:\n{err}\n{first}");
+    assert_eq!(first, second);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! collecting every error with its YAML path and line, and [`load`] ties them to a file.
 
 pub mod discovery;
+pub mod dump;
 pub mod lines;
 pub mod raw;
 mod raw_protection;
@@ -446,9 +447,9 @@ impl fmt::Debug for CookieConfig {
     }
 }
 
-/// An opened MaxMind database.
+/// An opened MaxMind database, and its path.
 #[derive(Clone)]
-pub struct Mmdb(pub std::sync::Arc<maxminddb::Reader<Vec<u8>>>);
+pub struct Mmdb(pub std::sync::Arc<maxminddb::Reader<Vec<u8>>>, pub PathBuf);
 
 impl fmt::Debug for Mmdb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

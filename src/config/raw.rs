@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use super::raw_protection::{
     InitialState, RawBackoff, RawBreaker, RawHealthCheck, RawQueue, RawRetry,
@@ -259,7 +259,7 @@ pub struct RawMatch {
 }
 
 /// Load-balancing strategy of a pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyKind {
     /// Exact rotation.
@@ -277,7 +277,7 @@ pub enum StrategyKind {
 
 /// A strategy that needs no extra configuration; used for `affinity.fallback` and
 /// `geo.within_region`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BasicStrategy {
     /// Exact rotation.
@@ -290,7 +290,7 @@ pub enum BasicStrategy {
 }
 
 /// What affinity does when the pinned backend cannot take the request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnUnusable {
     /// Move the session to the next backend (and re-issue the cookie).
@@ -383,7 +383,7 @@ pub struct RawUpstreamTls {
 }
 
 /// `pools.NAME.protocol`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.

@@ -32,4 +32,10 @@ pub struct UpstreamTls {
     pub config_http1: Arc<rustls::ClientConfig>,
     /// The name to verify, instead of the backend's address.
     pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// `ca_file`, resolved (None: the system roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `verify`.
+    pub verify: bool,
+    /// `client_cert.cert`, resolved.
+    pub client_cert: Option<std::path::PathBuf>,
 }

@@ -123,7 +123,7 @@ pub(super) fn geo(
         if let Some(file) = &src.mmdb {
             let path = base.join(file);
             match maxminddb::Reader::open_readfile(&path) {
-                Ok(r) => sources.push(RegionSource::Mmdb(Mmdb(std::sync::Arc::new(r)))),
+                Ok(r) => sources.push(RegionSource::Mmdb(Mmdb(std::sync::Arc::new(r), path))),
                 Err(err) => e.push(
                     format!("{sp}.mmdb"),
                     format!("cannot open {}: {err}", path.display()),

@@ -87,6 +87,9 @@ pub(super) fn validate(
                 config,
                 config_http1,
                 server_name,
+                ca_file: t.ca_file.as_ref().map(|f| base.join(f)),
+                verify,
+                client_cert: client_cert.as_ref().map(|c| c.cert_path.clone()),
             }),
             Err(err) => {
                 e.push(tp, err);
