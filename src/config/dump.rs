@@ -235,10 +235,7 @@ pub fn dump(cfg: &Config) -> String {
         .set("runtime", runtime)
         .set("limits", limits)
         .set("cache", cache)
-        .opt(
-            "trusted_proxies",
-            cfg.trusted_proxies.as_ref().map(|t| strings(t)),
-        )
+        .opt("trusted_proxies", cfg.trusted_proxies.as_ref().map(strings))
         .set(
             "tracing",
             Map::default().set("generate", cfg.trace_generate),
