@@ -171,6 +171,8 @@ pub struct Snapshot {
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
     /// `tracing.generate`.
     pub trace_generate: bool,
+    /// `admin.explain_from`.
+    pub explain_from: Vec<ipnet::IpNet>,
 }
 
 fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
@@ -386,6 +388,7 @@ impl Snapshot {
             admin_token: cfg.admin_token.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
             trace_generate: cfg.trace_generate,
+            explain_from: cfg.explain_from.clone(),
             route_cache: cfg
                 .routes
                 .iter()

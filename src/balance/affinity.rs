@@ -418,3 +418,40 @@ fn cookie_value<'a>(ctx: &PickCtx<'a>, name: &str) -> Option<&'a str> {
         .find(|c| c.name() == name)
         .and_then(|c| c.value_raw())
 }
+
+impl Affinity {
+    /// For `Sandgate-Explain`: what the sticky cookie said, and the key and its hash.
+    pub(super) fn explain(&self, ctx: &PickCtx<'_>, chosen: usize) -> (&'static str, String) {
+        let fallback = super::explain::config_name(&self.cfg.fallback);
+        let mut parts = Vec::new();
+        if let Some(c) = &self.cfg.cookie {
+            parts.push(match self.read_cookie(ctx) {
+                Sticky::Pinned(i) if i == chosen => format!("cookie {} pins it", c.name),
+                Sticky::Pinned(i) => {
+                    format!("cookie {} pins backend #{i}, which cannot take it", c.name)
+                }
+                Sticky::Gone => format!("cookie {} names a backend no longer in the pool", c.name),
+                Sticky::Absent => format!("no valid {} cookie", c.name),
+            });
+        }
+        let key = self.cfg.key.as_ref().map(|k| match k {
+            AffinityKey::Header(h) => format!("header:{h}"),
+            AffinityKey::Cookie(n) => format!("cookie:{n}"),
+            AffinityKey::Query(n) => format!("query:{n}"),
+            AffinityKey::ClientIp => "client_ip".to_owned(),
+        });
+        match (key, self.key_hash(ctx)) {
+            (Some(k), Some(h)) => parts.push(format!("key {k} hashes to {h:016x}")),
+            (Some(k), None) => parts.push(format!("no {k} in the request: fallback {fallback}")),
+            (None, _) => parts.push(format!("no key: fallback {fallback}")),
+        }
+        if let Some(c) = self.cfg.bounded_load {
+            parts.push(format!("bounded load {c}"));
+        }
+        parts.push(format!(
+            "on_unusable {}",
+            super::explain::config_name(&self.cfg.on_unusable)
+        ));
+        ("affinity", parts.join("; "))
+    }
+}

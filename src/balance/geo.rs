@@ -259,3 +259,47 @@ impl GeoResult {
         }
     }
 }
+
+impl Geo {
+    /// For `Sandgate-Explain`: the client's region, the regions in the order they are tried,
+    /// where `chosen` is, and the strategy within its region.
+    pub(super) fn explain(
+        &self,
+        ctx: &PickCtx<'_>,
+        env: &Env<'_>,
+        chosen: usize,
+    ) -> (&'static str, String) {
+        let found = self.client_region(ctx);
+        let (region, from) = match (&found, &self.cfg.default_region) {
+            (Some(r), _) => (Some(r.as_ref()), "client region"),
+            (None, Some(d)) => (Some(d.as_str()), "unknown client region, default"),
+            (None, None) => (None, "unknown client region"),
+        };
+        let name_of = |g: usize| {
+            self.own
+                .iter()
+                .find(|(_, &i)| i == g)
+                .map_or("?", |(n, _)| n.as_str())
+        };
+        let order: Vec<&str> = region
+            .and_then(|r| self.order.get(r))
+            .map(|o| o.iter().map(|&g| name_of(g)).collect())
+            .unwrap_or_default();
+        let at = env.backends.get(chosen).and_then(|b| b.region.as_deref());
+        let step = at.and_then(|r| order.iter().position(|o| *o == r));
+        let mut text = format!("{from} {}", region.unwrap_or("-"));
+        if !order.is_empty() {
+            text.push_str(&format!("; order {}", order.join(" > ")));
+        }
+        text.push_str(&match (at, step) {
+            (Some(r), Some(k)) => format!("; chose region {r} (step {} of {})", k + 1, order.len()),
+            (r, _) => format!("; chose from every backend (region {})", r.unwrap_or("-")),
+        });
+        let group = at
+            .and_then(|r| self.own.get(r))
+            .map_or(&self.all, |&g| &self.groups[g]);
+        let (name, why) = super::explain::basic(&group.basic, &group.members, env, chosen);
+        text.push_str(&format!("; within: {name}, {why}"));
+        ("geo", text)
+    }
+}

@@ -10,6 +10,7 @@
 //! divides by the ramped weight.
 
 pub mod affinity;
+pub mod explain;
 pub mod geo;
 pub mod least_conn;
 pub mod round_robin;

@@ -129,6 +129,7 @@ pub fn dump(cfg: &Config) -> String {
         Map::default()
             .set("address", a.to_string())
             .opt("token_file", cfg.admin_token.as_ref().map(|_| REDACTED))
+            .set("explain_from", strings(&cfg.explain_from))
     });
     let cache = Map::default()
         .set("max_size", size(cfg.cache.max_size))

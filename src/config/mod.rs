@@ -42,6 +42,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Peers whose `X-Forwarded-For` and `Forwarded` are believed (None: not set).
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// `admin.explain_from`: clients whose `Sandgate-Explain: 1` is answered.
+    pub explain_from: Vec<ipnet::IpNet>,
     /// `tracing.generate`: start a trace for requests without a `traceparent`.
     pub trace_generate: bool,
 }

@@ -157,6 +157,9 @@ pub struct RawAdmin {
     /// File holding the bearer token every admin POST needs.
     #[serde(default)]
     pub token_file: Option<String>,
+    /// Clients (CIDRs) whose `Sandgate-Explain: 1` is answered (default: loopback).
+    #[serde(default)]
+    pub explain_from: Option<Vec<String>>,
 }
 
 /// `runtime`.

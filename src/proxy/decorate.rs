@@ -1,6 +1,6 @@
 //! Stage: decorate. The one place that adds per-request headers to a response, whatever made
 //! it (a backend, the cache, or sandgate's own error): `Via`, `X-Request-Id`, `RateLimit-*`,
-//! the sticky cookie and `Cache-Status`. Stored cache entries never hold these.
+//! the sticky cookie, `Cache-Status` and `Sandgate-Explain`. Stored cache entries never hold these.
 
 use http::header;
 use http::{Response, Version};
@@ -9,6 +9,7 @@ use crate::body::ProxyBody;
 use crate::cache::status::CACHE_STATUS;
 use crate::headers::{VIA_VALUE, X_REQUEST_ID};
 use crate::proxy::exchange::Exchange;
+use crate::proxy::explain::SANDGATE_EXPLAIN;
 
 /// Adds the per-request headers of `x` to `resp`.
 pub fn apply(resp: &mut Response<ProxyBody>, x: &mut Exchange) {
@@ -30,5 +31,8 @@ pub fn apply(resp: &mut Response<ProxyBody>, x: &mut Exchange) {
     if let Some(c) = &x.cache {
         // After any member a cache nearer the origin added (RFC 9211 section 2).
         h.append(CACHE_STATUS.clone(), c.value());
+    }
+    if let Some(e) = x.explain.take() {
+        h.insert(SANDGATE_EXPLAIN.clone(), e);
     }
 }

@@ -64,7 +64,7 @@ pub struct Client {
 }
 
 /// Which backends a fetch went to, for the access log.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct Tried {
     /// Index in the pool of the last backend tried.
     pub backend: Option<usize>,
@@ -72,6 +72,8 @@ pub struct Tried {
     pub attempts: u32,
     /// How a geo or affinity strategy decided, e.g. `geo:failover`.
     pub decision: Option<&'static str>,
+    /// With `Sandgate-Explain`: what each try chose and why, and what it skipped.
+    pub explain: Option<Box<Vec<String>>>,
 }
 
 /// The record of one request, written by the stages and read by decoration and the log.
@@ -104,6 +106,8 @@ pub struct Exchange {
     pub tunnel: bool,
     /// The W3C trace the request belongs to, if any.
     pub trace: Option<crate::trace::TraceId>,
+    /// The `Sandgate-Explain` answer, when one was asked for.
+    pub explain: Option<HeaderValue>,
 }
 
 impl Exchange {
@@ -124,6 +128,7 @@ impl Exchange {
             cache: None,
             tunnel: false,
             trace: None,
+            explain: None,
         }
     }
 }

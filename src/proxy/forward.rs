@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::admission::Slot;
+use crate::balance::PickCtx;
 use crate::body::ProxyBody;
 use crate::config::{Outcome, RetryConfig};
 use crate::error::ProxyError;
@@ -222,6 +223,20 @@ pub async fn fetch(
         let backend = &entry.pool.backends[admitted.index];
         tried.backend = Some(admitted.index);
         tried.decision = admitted.decision;
+        if let Some(notes) = tried.explain.as_mut() {
+            let ctx = PickCtx {
+                client_ip: out.client.ip,
+                peer: out.client.peer,
+                headers: &out.head.headers,
+                query: out.path.query(),
+                tls: out.client.tls,
+                now: out.start,
+            };
+            let why = entry
+                .pool
+                .explain(&ctx, admitted.index, &excluded, admitted.decision);
+            notes.push(format!("try {attempt}: {why}"));
+        }
 
         let Some((body, sent)) = out.body.take() else {
             return Err(ProxyError::Upstream(
@@ -252,7 +267,12 @@ pub async fn fetch(
             .await;
 
         let outcome = match record::outcome(&backend.state, admitted.permit, &result, sent_at) {
-            Recorded::Outcome(o) => o,
+            Recorded::Outcome(o) => {
+                if let Some(last) = tried.explain.as_mut().and_then(|n| n.last_mut()) {
+                    last.push_str(&format!(" -> {}", o.label()));
+                }
+                o
+            }
             Recorded::ClientFault => {
                 return Err(match result {
                     Err(ProxyError::BodyTooLarge(_)) => ProxyError::BodyTooLarge(max_body),

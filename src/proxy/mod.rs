@@ -20,7 +20,8 @@
 //!    outcome goes round again on another backend
 //! 9. respond: the backend's body streams back holding its slot and the in-flight slot until
 //!    its last byte
-//! 10. [`decorate::apply`]: the per-request response headers, on every response
+//! 10. [`decorate::apply`]: the per-request response headers, on every response (with
+//!     [`explain::finish`] first, when `Sandgate-Explain` was asked for)
 //! 11. [`log::Logged`]: request metrics and the access log line, also for a request whose
 //!     client went away before it was answered (`client_abort`)
 
@@ -28,6 +29,7 @@ pub mod admit;
 pub mod cache;
 pub mod decorate;
 pub mod exchange;
+pub mod explain;
 pub mod fill;
 pub mod forward;
 pub mod limit;
@@ -77,6 +79,9 @@ pub async fn handle_parts(
         Exchange::new(Instant::now(), headers::request_id(&parts.headers)),
     );
     let x = &mut done.x;
+    if explain::asked(&snap, &parts.headers, ctx.conn.peer.ip()) {
+        x.tried.explain = Some(Box::default());
+    }
     // This hop's `traceparent`, for the backend and the access log.
     x.trace = crate::trace::hop(&mut parts.headers, snap.trace_generate);
     let mut resp = match pipeline(ctx, &snap, parts, body, x).await {
@@ -103,6 +108,7 @@ pub async fn handle_parts(
             ..CacheStatus::default()
         });
     }
+    explain::finish(&snap, x, resp.status().as_u16());
     decorate::apply(&mut resp, x);
     done.status = Some(resp.status().as_u16());
     resp

@@ -313,6 +313,17 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             }
         }
     }
+    let explain_from = match raw.admin.as_ref().and_then(|a| a.explain_from.as_ref()) {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| e.net(format!("admin.explain_from[{i}]"), s))
+            .collect(),
+        None => ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+    };
     let cache = cache::stores(&mut e, raw.cache.as_ref());
     let admin_token = raw.admin.as_ref().and_then(|a| {
         let file = a.token_file.as_ref()?;
@@ -336,6 +347,7 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             cache,
             admin_token,
             trusted_proxies,
+            explain_from,
             trace_generate: raw
                 .tracing
                 .as_ref()
