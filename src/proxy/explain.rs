@@ -35,7 +35,7 @@ pub fn finish(snap: &Snapshot, x: &mut Exchange, status: u16) {
         let kind = crate::balance::explain::config_name(&p.pool.kind);
         parts.push(format!("pool={} strategy={kind}", p.pool.name));
     }
-    parts.extend(notes.into_iter());
+    parts.extend(*notes);
     if let Some(c) = &x.cache {
         parts.push(format!(
             "cache={}",
