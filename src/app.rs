@@ -48,7 +48,7 @@ pub async fn run(
     let cfg = loaded.config;
     // Before any pool exists: upstream pools keep idle connections per worker.
     worker::set_count(cfg.runtime.worker_threads.unwrap_or(1));
-    let services = Arc::new(Services::new(&cfg.cache)?);
+    let services = Arc::new(Services::new(&cfg.cache, cfg.otlp.as_ref())?);
     // Backends named by host:port are looked up before the first snapshot (blocking, once).
     let mut found = crate::discovery::Found::default();
     found.refresh_all(&cfg);

@@ -23,7 +23,7 @@
 //! Around them: `services` (what outlives snapshots: upstream pools, background tasks),
 //! `health` (active checks on their own tasks), `discovery` (backends from DNS names and
 //! files), `admin` (metrics, health, readiness,
-//! backends, capacity from `capacity`'s sampler), `metrics` (every metric name), `app` (wiring and shutdown), `demo` (built-in
+//! backends, capacity from `capacity`'s sampler), `metrics` (every metric name), `otlp` (request spans to a collector), `app` (wiring and shutdown), `demo` (built-in
 //! sandbox backends for `sandgate demo`).
 
 pub mod accesslog;
@@ -46,6 +46,7 @@ pub mod health;
 pub mod keepalive;
 pub mod limit;
 pub mod metrics;
+pub mod otlp;
 pub mod overrides;
 pub mod proxy;
 pub mod proxy_header;

@@ -92,6 +92,10 @@ pub const PROXY_PROTOCOL_REJECTED_TOTAL: &str = "sandgate_proxy_protocol_rejecte
 /// `sandgate_admin_actions_total{action}` (`drain`, `undrain`, `disable`, `enable`,
 /// `breaker`, `weight`, `clear`)
 pub const ADMIN_ACTIONS_TOTAL: &str = "sandgate_admin_actions_total";
+/// `sandgate_otlp_spans_exported_total`: request spans the OTLP collector took
+pub const OTLP_SPANS_EXPORTED_TOTAL: &str = "sandgate_otlp_spans_exported_total";
+/// `sandgate_otlp_spans_dropped_total`: request spans dropped (queue full, or export failed)
+pub const OTLP_SPANS_DROPPED_TOTAL: &str = "sandgate_otlp_spans_dropped_total";
 /// `sandgate_discovery_errors_total{pool}`: failed lookups and bad discovery files (the last
 /// good set stays)
 pub const DISCOVERY_ERRORS_TOTAL: &str = "sandgate_discovery_errors_total";
@@ -216,6 +220,14 @@ fn describe() {
     describe_gauge!(
         POOL_UTILISATION,
         "The pool's load over the last minute (request rate times mean upstream latency) over its slots."
+    );
+    describe_counter!(
+        OTLP_SPANS_EXPORTED_TOTAL,
+        "Request spans sent to the OTLP collector."
+    );
+    describe_counter!(
+        OTLP_SPANS_DROPPED_TOTAL,
+        "Request spans dropped: the export queue was full, or the collector failed or did not answer."
     );
     describe_counter!(
         DISCOVERY_ERRORS_TOTAL,

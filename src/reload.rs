@@ -116,7 +116,15 @@ impl Reloader {
         found.refresh_all(&loaded.config);
         let mut applied = self.services.lock_applied();
         let old = self.state.load_full();
-        for change in old.restart_needed(&loaded.config) {
+        let mut changes = old.restart_needed(&loaded.config);
+        if applied
+            .config
+            .as_ref()
+            .is_some_and(|c| c.otlp != loaded.config.otlp)
+        {
+            changes.push("tracing.otlp changed".to_owned());
+        }
+        for change in changes {
             tracing::warn!("{change}: this needs a restart; applying everything else");
         }
         let snap = Snapshot::build(&loaded.config, &found, Some(&old), &self.services.upstreams)?;

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
-use crate::config::{CacheConfig, Config};
+use crate::config::{CacheConfig, Config, OtlpConfig};
 use crate::discovery::Found;
 use crate::upstream::Upstreams;
 
@@ -30,6 +30,8 @@ pub struct Services {
     pub applied: Mutex<Applied>,
     /// The capacity sampler's memory.
     pub capacity: crate::capacity::Tracker,
+    /// The OTLP span exporter, when `tracing.otlp` is set (restart to change).
+    pub otlp: Option<crate::otlp::Otlp>,
 }
 
 /// The inputs of the serving snapshot.
@@ -42,8 +44,9 @@ pub struct Applied {
 }
 
 impl Services {
-    /// Builds the services for `cache`; must run inside the runtime (Redis starts tasks).
-    pub fn new(cache: &CacheConfig) -> Result<Self, String> {
+    /// Builds the services for `cache` and `otlp`; must run inside the runtime (Redis and
+    /// the exporter start tasks).
+    pub fn new(cache: &CacheConfig, otlp: Option<&OtlpConfig>) -> Result<Self, String> {
         Ok(Self {
             upstreams: Upstreams::default(),
             cache: Cache::new(cache)?,
@@ -51,6 +54,7 @@ impl Services {
             closing: CancellationToken::new(),
             applied: Mutex::new(Applied::default()),
             capacity: crate::capacity::Tracker::default(),
+            otlp: otlp.map(crate::otlp::Otlp::start).transpose()?,
         })
     }
 

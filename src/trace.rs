@@ -8,15 +8,29 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// A trace id as 32 lowercase hex digits.
+/// This hop's place in a trace: the trace id (as 32 lowercase hex digits), sandgate's span
+/// id, the caller's span id (0 when sandgate started the trace) and whether it is sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceId([u8; 32]);
+pub struct TraceId {
+    hex: [u8; 32],
+    /// sandgate's span id for this hop.
+    pub span: u64,
+    /// The parent span id from the incoming `traceparent` (0: none).
+    pub parent: u64,
+    /// The sampled flag.
+    pub sampled: bool,
+}
 
 impl TraceId {
     /// The hex digits.
     pub fn as_str(&self) -> &str {
         // Only ASCII hex digits are ever stored.
-        std::str::from_utf8(&self.0).unwrap_or("-")
+        std::str::from_utf8(&self.hex).unwrap_or("-")
+    }
+
+    /// The trace id as a number.
+    pub fn trace(&self) -> u128 {
+        u128::from_str_radix(self.as_str(), 16).unwrap_or(0)
     }
 }
 
@@ -33,9 +47,9 @@ fn is_hex(b: &[u8]) -> bool {
     b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The trace id and flags of a valid `traceparent` (version 00, or a later version read as
-/// 00 as the spec asks).
-fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
+/// The trace id, flags and parent span id of a valid `traceparent` (version 00, or a later
+/// version read as 00 as the spec asks).
+fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2], u64)> {
     if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
         return None;
     }
@@ -53,7 +67,11 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
     ok.then(|| {
         let mut t = [0u8; 32];
         t.copy_from_slice(trace);
-        (t, [flags[0], flags[1]])
+        let parent = std::str::from_utf8(parent)
+            .ok()
+            .and_then(|p| u64::from_str_radix(p, 16).ok())
+            .unwrap_or(0);
+        (t, [flags[0], flags[1]], parent)
     })
 }
 
@@ -65,7 +83,7 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
         1 => h.get(&TRACEPARENT).map(|v| parse(v.as_bytes())),
         _ => Some(None),
     };
-    let (trace, flags) = match incoming {
+    let (trace, flags, parent) = match incoming {
         Some(Some(found)) => found,
         invalid_or_none => {
             if invalid_or_none.is_some() {
@@ -77,18 +95,29 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
             }
             let mut t = [0u8; 32];
             hex(&mut t, &fastrand::u128(1..).to_be_bytes());
-            (t, *b"01")
+            (t, *b"01", 0)
         }
     };
     // `00-<trace>-<span>-<flags>`, written in place: this runs for every request.
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
     out[3..35].copy_from_slice(&trace);
-    hex(&mut out[36..52], &fastrand::u64(1..).to_be_bytes());
+    let span = fastrand::u64(1..);
+    hex(&mut out[36..52], &span.to_be_bytes());
     out[53..55].copy_from_slice(&flags);
     if let Ok(v) = HeaderValue::from_bytes(&out) {
         h.insert(TRACEPARENT.clone(), v);
     }
-    Some(TraceId(trace))
+    // Bit 0 of the flags is `sampled`: the last hex digit is odd.
+    let sampled = matches!(
+        flags[1],
+        b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'
+    );
+    Some(TraceId {
+        hex: trace,
+        span,
+        parent,
+        sampled,
+    })
 }
 
 #[cfg(test)]
@@ -113,6 +142,8 @@ mod tests {
         let mut h = with(&[GOOD], Some("congo=t61rcWkgMzE"));
         let id = hop(&mut h, true).unwrap();
         assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(id.trace(), 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!((id.parent, id.sampled), (0x00f067aa0ba902b7, true));
         let out = h[&TRACEPARENT].to_str().unwrap().to_owned();
         assert_eq!(out.len(), 55);
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -161,6 +192,9 @@ mod tests {
         assert!(h.is_empty());
         let id = hop(&mut h, true).unwrap();
         let out = h[&TRACEPARENT].to_str().unwrap();
-        assert_eq!(parse(out.as_bytes()), Some((id.0, *b"01")));
+        let (trace, flags, parent) = parse(out.as_bytes()).expect("valid");
+        assert_eq!((&trace, flags), (&id.hex, *b"01"));
+        assert_eq!(parent, id.span, "the next hop's parent is sandgate's span");
+        assert_eq!((id.parent, id.sampled), (0, true));
     }
 }

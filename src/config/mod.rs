@@ -46,6 +46,17 @@ pub struct Config {
     pub explain_from: Vec<ipnet::IpNet>,
     /// `tracing.generate`: start a trace for requests without a `traceparent`.
     pub trace_generate: bool,
+    /// `tracing.otlp`, when spans are exported.
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `tracing.otlp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP traces URL.
+    pub endpoint: String,
+    /// Longest wait for one export.
+    pub timeout: Duration,
 }
 
 /// A secret read from a file (never logged).

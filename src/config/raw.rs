@@ -50,6 +50,20 @@ pub struct RawTracing {
     /// Start a trace for requests that come without a `traceparent` (default true).
     #[serde(default)]
     pub generate: Option<bool>,
+    /// Export one span per request over OTLP/HTTP.
+    #[serde(default)]
+    pub otlp: Option<RawOtlp>,
+}
+
+/// `tracing.otlp`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: String,
+    /// Longest wait for one export (default 5s).
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// `cache` (top level).

@@ -3,6 +3,7 @@
 use http::{Method, Uri};
 
 use crate::accesslog;
+use crate::otlp::{Otlp, RequestSpan};
 use crate::proxy::exchange::{ConnInfo, Exchange};
 use crate::state::Snapshot;
 
@@ -12,6 +13,7 @@ use crate::state::Snapshot;
 pub struct Logged<'a> {
     snap: &'a Snapshot,
     conn: &'a ConnInfo,
+    otlp: Option<&'a Otlp>,
     method: Method,
     uri: Uri,
     /// The request's record.
@@ -25,6 +27,7 @@ impl<'a> Logged<'a> {
     pub fn new(
         snap: &'a Snapshot,
         conn: &'a ConnInfo,
+        otlp: Option<&'a Otlp>,
         method: Method,
         uri: Uri,
         x: Exchange,
@@ -32,6 +35,7 @@ impl<'a> Logged<'a> {
         Self {
             snap,
             conn,
+            otlp,
             method,
             uri,
             x,
@@ -57,6 +61,28 @@ impl Drop for Logged<'_> {
             status,
             &self.x,
         );
+        if let (Some(otlp), Some(trace)) = (self.otlp, self.x.trace) {
+            let backend = self
+                .x
+                .pool
+                .zip(self.x.tried.backend)
+                .and_then(|(p, b)| self.snap.pools.get(p)?.pool.backends.get(b));
+            otlp.record(&RequestSpan {
+                trace,
+                started: self.x.start,
+                method: self.method.as_str(),
+                path: self.uri.path(),
+                status,
+                route: self
+                    .x
+                    .route
+                    .and_then(|i| self.snap.route_stats.get(i))
+                    .map(|s| &*s.name),
+                backend: backend.map(|b| b.authority.as_str()),
+                attempts: self.x.tried.attempts,
+                error: self.x.error,
+            });
+        }
     }
 }
 

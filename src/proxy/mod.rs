@@ -74,6 +74,7 @@ pub async fn handle_parts(
     let mut done = log::Logged::new(
         &snap,
         &ctx.conn,
+        ctx.services.otlp.as_ref(),
         parts.method.clone(),
         parts.uri.clone(),
         Exchange::new(Instant::now(), headers::request_id(&parts.headers)),

@@ -16,7 +16,8 @@ use std::time::Duration;
 use super::lines::LineIndex;
 use super::raw::RawConfig;
 use super::{
-    Config, ConfigError, ConfigErrors, LimitsConfig, Loaded, OutcomeSet, RuntimeConfig, Secret,
+    Config, ConfigError, ConfigErrors, LimitsConfig, Loaded, OtlpConfig, OutcomeSet, RuntimeConfig,
+    Secret,
 };
 
 /// Largest accepted backend weight; keeps the precomputed weighted schedule small.
@@ -324,6 +325,35 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             .filter_map(|s| s.parse().ok())
             .collect(),
     };
+    let otlp = raw
+        .tracing
+        .as_ref()
+        .and_then(|t| t.otlp.as_ref())
+        .and_then(|o| {
+            let timeout = e.positive(
+                "tracing.otlp.timeout",
+                o.timeout.as_ref(),
+                Duration::from_secs(5),
+            );
+            match o.endpoint.trim().parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+                    Some(OtlpConfig {
+                        endpoint: o.endpoint.trim().to_owned(),
+                        timeout,
+                    })
+                }
+                _ => {
+                    e.push(
+                        "tracing.otlp.endpoint",
+                        format!(
+                        "{:?} is not an http:// URL; write e.g. http://127.0.0.1:4318/v1/traces",
+                        o.endpoint
+                    ),
+                    );
+                    None
+                }
+            }
+        });
     let cache = cache::stores(&mut e, raw.cache.as_ref());
     let admin_token = raw.admin.as_ref().and_then(|a| {
         let file = a.token_file.as_ref()?;
@@ -348,6 +378,7 @@ pub fn validate(raw: &RawConfig, index: &LineIndex, base: &Path) -> Result<Loade
             admin_token,
             trusted_proxies,
             explain_from,
+            otlp,
             trace_generate: raw
                 .tracing
                 .as_ref()
