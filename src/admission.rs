@@ -4,9 +4,11 @@
 //!
 //! A [`Slot`] counts one request in flight on a backend until it is dropped (when the response
 //! body ends or the client goes away). When every eligible backend is at its cap, requests wait
-//! in the pool's [`WaitQueue`]; a freed slot is handed straight to the oldest waiter (the
-//! backend's in-flight count never drops, so a new arrival cannot take it first). A waiter that
-//! times out or whose client disconnects leaves at once: its entry is skipped when reached.
+//! in the pool's [`WaitQueue`]; a freed slot is handed straight to the oldest waiter of the
+//! highest priority class that has one (the backend's in-flight count never drops, so a new
+//! arrival cannot take it first). A `low` waiter that has waited `queue.max_wait_low` counts as
+//! `normal`. A waiter that times out or whose client disconnects leaves at once: its entry is
+//! skipped when reached.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::oneshot;
 
 use crate::backend::BackendState;
+use crate::config::Priority;
 use crate::metrics::{QUEUE_DEPTH, QUEUE_REJECTED_TOTAL, QUEUE_WAIT};
 
 /// One in-flight slot of a backend; released on drop, or handed to the oldest waiter of the
@@ -104,15 +107,49 @@ pub enum Rejected {
     Timeout,
 }
 
-/// One waiter: where its slot goes, and which backends it takes (None: any).
+/// One waiter: where its slot goes, which backends it takes (None: any), its class, and when
+/// a `low` one counts as `normal`.
 struct Waiter {
     tx: oneshot::Sender<Slot>,
     accepts: Option<Arc<[SocketAddr]>>,
+    class: Priority,
+    /// tokio's clock, so that tests can pause it.
+    promote_at: tokio::time::Instant,
 }
 
 impl Waiter {
     fn takes(&self, addr: &SocketAddr) -> bool {
         self.accepts.as_ref().is_none_or(|a| a.contains(addr))
+    }
+
+    /// Its class now: a `low` waiter past its promotion time is `normal`.
+    fn class_at(&self, now: tokio::time::Instant) -> Priority {
+        match self.class {
+            Priority::Low if now >= self.promote_at => Priority::Normal,
+            c => c,
+        }
+    }
+}
+
+/// The queue's series of one priority class.
+struct ClassStats {
+    depth: AtomicUsize,
+    depth_gauge: Gauge,
+    wait: Histogram,
+    rejected_full: Counter,
+    rejected_timeout: Counter,
+}
+
+impl ClassStats {
+    fn new(pool: &str, class: Priority) -> Self {
+        let (p, c) = (pool.to_owned(), class.as_str());
+        Self {
+            depth: AtomicUsize::new(0),
+            depth_gauge: metrics::gauge!(QUEUE_DEPTH, "pool" => p.clone(), "priority" => c),
+            wait: metrics::histogram!(QUEUE_WAIT, "pool" => p.clone(), "priority" => c),
+            rejected_full: metrics::counter!(QUEUE_REJECTED_TOTAL, "pool" => p.clone(), "reason" => "full", "priority" => c),
+            rejected_timeout: metrics::counter!(QUEUE_REJECTED_TOTAL, "pool" => p, "reason" => "timeout", "priority" => c),
+        }
     }
 }
 
@@ -130,40 +167,47 @@ pub struct WaitQueue {
     waiters: Mutex<VecDeque<Waiter>>,
     /// Waiters still waiting (entries of departed ones may linger in `waiters`).
     depth: AtomicUsize,
-    depth_gauge: Gauge,
-    wait: Histogram,
-    rejected_full: Counter,
-    rejected_timeout: Counter,
+    /// By class, highest first.
+    classes: [ClassStats; 3],
 }
 
-/// Decrements the depth when a waiter leaves, however it leaves.
-struct Waiting<'a>(&'a WaitQueue);
+/// Decrements the depths when a waiter leaves, however it leaves.
+struct Waiting<'a>(&'a WaitQueue, Priority);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.depth.fetch_sub(1, Ordering::AcqRel);
-        self.0.depth_gauge.decrement(1.0);
+        let c = self.0.class(self.1);
+        c.depth.fetch_sub(1, Ordering::AcqRel);
+        c.depth_gauge.decrement(1.0);
     }
 }
 
 impl WaitQueue {
     /// An empty queue for `pool`.
     pub fn new(pool: &str) -> Self {
-        let p = pool.to_owned();
         Self {
             waiters: Mutex::new(VecDeque::new()),
             depth: AtomicUsize::new(0),
-            depth_gauge: metrics::gauge!(QUEUE_DEPTH, "pool" => p.clone()),
-            wait: metrics::histogram!(QUEUE_WAIT, "pool" => p.clone()),
-            rejected_full: metrics::counter!(QUEUE_REJECTED_TOTAL, "pool" => p.clone(), "reason" => "full"),
-            rejected_timeout: metrics::counter!(QUEUE_REJECTED_TOTAL, "pool" => p, "reason" => "timeout"),
+            classes: Priority::ALL.map(|c| ClassStats::new(pool, c)),
         }
+    }
+
+    fn class(&self, c: Priority) -> &ClassStats {
+        &self.classes[c as usize]
     }
 
     /// Marks the queue's metric series as alive.
     pub fn touch_metrics(&self) {
-        crate::metrics::touch_gauges(&[&self.depth_gauge]);
-        crate::metrics::touch(&[&self.rejected_full, &self.rejected_timeout]);
+        for c in &self.classes {
+            crate::metrics::touch_gauges(&[&c.depth_gauge]);
+            crate::metrics::touch(&[&c.rejected_full, &c.rejected_timeout]);
+        }
+    }
+
+    /// Waiters of class `c` now (by the class they joined with).
+    pub fn depth_of(&self, c: Priority) -> usize {
+        self.class(c).depth.load(Ordering::Acquire)
     }
 
     /// Whether anyone is waiting.
@@ -177,18 +221,28 @@ impl WaitQueue {
         self.depth.load(Ordering::Acquire)
     }
 
-    /// Gives `slot` to the oldest waiter still waiting that takes its backend, trying the
-    /// next one when a waiter leaves at the same moment; returns the slot when nobody is
-    /// left to take it.
+    /// Gives `slot` to the oldest waiter of the highest class still waiting that takes its
+    /// backend, trying the next one when a waiter leaves at the same moment; returns the slot
+    /// when nobody is left to take it.
     fn hand_off(&self, mut slot: Slot) -> Result<(), Slot> {
         let addr = slot.state.addr;
         loop {
             let tx = {
+                let now = tokio::time::Instant::now();
                 let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
                 q.retain(|w| !w.tx.is_closed());
-                q.iter()
-                    .position(|w| w.takes(&addr))
-                    .and_then(|i| q.remove(i))
+                // The queue is in arrival order: the first of the best class wins.
+                let mut best: Option<(usize, Priority)> = None;
+                for (i, w) in q.iter().enumerate() {
+                    let c = w.class_at(now);
+                    if w.takes(&addr) && best.is_none_or(|(_, b)| c < b) {
+                        best = Some((i, c));
+                        if c == Priority::High {
+                            break;
+                        }
+                    }
+                }
+                best.and_then(|(i, _)| q.remove(i))
             };
             match tx {
                 None => return Err(slot),
@@ -200,32 +254,41 @@ impl WaitQueue {
         }
     }
 
-    /// Waits for a slot of a backend in `accepts` (None: any), up to `timeout`, if fewer
-    /// than `max` wait already. Once queued it calls `retry` once: a slot freed between the
-    /// caller's last look and its joining the queue is found at once, not lost.
+    /// Waits in class `class` for a slot of a backend in `accepts` (None: any), up to
+    /// `timeout`, if fewer than `max` wait already; a `low` waiter counts as `normal` after
+    /// `max_wait_low`. Once queued it calls `retry` once: a slot freed between the caller's
+    /// last look and its joining the queue is found at once, not lost.
     pub async fn wait<T>(
         &self,
         max: usize,
         timeout: Duration,
         accepts: Option<Arc<[SocketAddr]>>,
+        (class, max_wait_low): (Priority, Duration),
         retry: impl FnOnce() -> Option<T>,
     ) -> Result<Waited<T>, Rejected> {
+        let stats = self.class(class);
         if self.depth.load(Ordering::Acquire) >= max {
-            self.rejected_full.increment(1);
+            stats.rejected_full.increment(1);
             return Err(Rejected::Full);
         }
         let (tx, rx) = oneshot::channel();
+        let start = tokio::time::Instant::now();
         {
             let mut q = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             if q.len() > 2 * max + 16 {
                 q.retain(|w| !w.tx.is_closed());
             }
-            q.push_back(Waiter { tx, accepts });
+            q.push_back(Waiter {
+                tx,
+                accepts,
+                class,
+                promote_at: start + max_wait_low,
+            });
             self.depth.fetch_add(1, Ordering::AcqRel);
+            stats.depth.fetch_add(1, Ordering::AcqRel);
         }
-        self.depth_gauge.increment(1.0);
-        let _waiting = Waiting(self);
-        let start = Instant::now();
+        stats.depth_gauge.increment(1.0);
+        let _waiting = Waiting(self, class);
         if let Some(found) = retry() {
             // Leaving: the entry is closed with `rx`; a slot already sent to it is dropped
             // with `rx` and handed on from there.
@@ -233,11 +296,11 @@ impl WaitQueue {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(slot)) => {
-                self.wait.record(start.elapsed().as_secs_f64());
+                stats.wait.record(start.elapsed().as_secs_f64());
                 Ok(Waited::Handed(slot))
             }
             _ => {
-                self.rejected_timeout.increment(1);
+                stats.rejected_timeout.increment(1);
                 Err(Rejected::Timeout)
             }
         }
@@ -251,6 +314,7 @@ mod tests {
 
     use super::{Rejected, Slot, WaitQueue, Waited};
     use crate::backend::BackendState;
+    use crate::config::Priority;
 
     fn backend() -> (Arc<BackendState>, Arc<WaitQueue>) {
         let b = Arc::new(BackendState::new("p", "127.0.0.1:1".parse().unwrap(), true));
@@ -260,6 +324,8 @@ mod tests {
     fn none() -> Option<()> {
         None
     }
+
+    const NORMAL: (Priority, Duration) = (Priority::Normal, Duration::from_secs(2));
 
     fn handed(r: Result<Waited<()>, Rejected>) -> Result<Slot, Rejected> {
         match r? {
@@ -276,7 +342,7 @@ mod tests {
         let held = Slot::try_take(&b, 1, &queue).expect("free slot");
         drop(held);
         let r = queue
-            .wait(5, Duration::from_secs(60), None, || {
+            .wait(5, Duration::from_secs(60), None, NORMAL, || {
                 Slot::try_take(&b, 1, &queue)
             })
             .await;
@@ -285,7 +351,7 @@ mod tests {
         // Freed just after it joined: handed to it.
         let held = Slot::try_take(&b, 1, &queue).expect("free slot");
         let r = queue
-            .wait(5, Duration::from_secs(60), None, || {
+            .wait(5, Duration::from_secs(60), None, NORMAL, || {
                 drop(held);
                 Slot::try_take(&b, 1, &queue)
             })
@@ -320,10 +386,9 @@ mod tests {
             std::time::Instant::now(),
         );
         let q = Arc::clone(&queue);
-        let waiter =
-            tokio::spawn(
-                async move { handed(q.wait(5, Duration::from_secs(5), None, none).await) },
-            );
+        let waiter = tokio::spawn(async move {
+            handed(q.wait(5, Duration::from_secs(5), None, NORMAL, none).await)
+        });
         while !queue.has_waiters() {
             tokio::task::yield_now().await;
         }
@@ -350,16 +415,18 @@ mod tests {
         let only_b: Arc<[std::net::SocketAddr]> = vec![b.addr].into();
         let q1 = Arc::clone(&q);
         let w1 = tokio::spawn(async move {
-            handed(q1.wait(5, Duration::from_secs(5), Some(only_b), none).await)
+            handed(
+                q1.wait(5, Duration::from_secs(5), Some(only_b), NORMAL, none)
+                    .await,
+            )
         });
         while q.depth() < 1 {
             tokio::task::yield_now().await;
         }
         let q2 = Arc::clone(&q);
-        let w2 =
-            tokio::spawn(
-                async move { handed(q2.wait(5, Duration::from_secs(5), None, none).await) },
-            );
+        let w2 = tokio::spawn(async move {
+            handed(q2.wait(5, Duration::from_secs(5), None, NORMAL, none).await)
+        });
         while q.depth() < 2 {
             tokio::task::yield_now().await;
         }
@@ -383,10 +450,9 @@ mod tests {
         let first = Slot::try_take(&b, 1, &queue).expect("free slot");
         assert!(Slot::try_take(&b, 1, &queue).is_none(), "cap 1");
         let q = Arc::clone(&queue);
-        let waiter =
-            tokio::spawn(
-                async move { handed(q.wait(5, Duration::from_secs(5), None, none).await) },
-            );
+        let waiter = tokio::spawn(async move {
+            handed(q.wait(5, Duration::from_secs(5), None, NORMAL, none).await)
+        });
         while !queue.has_waiters() {
             tokio::task::yield_now().await;
         }
@@ -402,14 +468,15 @@ mod tests {
         let (b, queue) = backend();
         let slot = Slot::try_take(&b, 1, &queue).expect("free slot");
         // A waiter that gives up: its entry stays queued, closed.
-        let r = queue.wait(5, Duration::from_millis(1), None, none).await;
+        let r = queue
+            .wait(5, Duration::from_millis(1), None, NORMAL, none)
+            .await;
         assert!(r.is_err());
         // Another waiter that is still there.
         let q2 = Arc::clone(&queue);
-        let waiter =
-            tokio::spawn(
-                async move { handed(q2.wait(5, Duration::from_secs(5), None, none).await) },
-            );
+        let waiter = tokio::spawn(async move {
+            handed(q2.wait(5, Duration::from_secs(5), None, NORMAL, none).await)
+        });
         while !queue.has_waiters() {
             tokio::task::yield_now().await;
         }
@@ -418,6 +485,68 @@ mod tests {
         assert_eq!(b.inflight(), 1);
         drop(handed);
         assert_eq!(b.inflight(), 0, "released exactly once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn higher_classes_go_first_and_old_low_waiters_count_as_normal() {
+        let (b, queue) = backend();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let join = |class: Priority| {
+            let (q, order) = (Arc::clone(&queue), Arc::clone(&order));
+            tokio::spawn(async move {
+                let r = q
+                    .wait(
+                        9,
+                        Duration::from_secs(60),
+                        None,
+                        (class, Duration::from_secs(2)),
+                        none,
+                    )
+                    .await;
+                let slot = handed(r).expect("a slot");
+                // Recorded before the slot goes on to the next waiter.
+                order.lock().unwrap().push(class);
+                drop(slot);
+            })
+        };
+        let mut waiters = Vec::new();
+        let held = Slot::try_take(&b, 1, &queue).expect("free slot");
+        for (n, class) in [Priority::Low, Priority::Normal, Priority::High]
+            .into_iter()
+            .enumerate()
+        {
+            waiters.push(join(class));
+            while queue.depth() < n + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(queue.depth_of(Priority::Low), 1);
+        drop(held);
+        for w in waiters.drain(..) {
+            w.await.unwrap();
+        }
+        assert_eq!(
+            std::mem::take(&mut *order.lock().unwrap()),
+            [Priority::High, Priority::Normal, Priority::Low]
+        );
+
+        // A low waiter that waited past max_wait_low counts as normal, and is the older.
+        let held = Slot::try_take(&b, 1, &queue).expect("free slot");
+        waiters.push(join(Priority::Low));
+        while queue.depth() < 1 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        waiters.push(join(Priority::Normal));
+        while queue.depth() < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [Priority::Low, Priority::Normal]);
+        assert_eq!(b.inflight(), 0);
     }
 
     #[test]

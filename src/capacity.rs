@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::config::Priority;
 use crate::metrics::{POOL_SLOTS, POOL_UTILISATION};
 use crate::state::{PoolEntry, Snapshot};
 
@@ -275,6 +276,11 @@ fn pool_report(p: &PoolEntry, h: &History, target: f64, now: Instant) -> Value {
         "peak_1m": peak(60),
         "peak_15m": peak(900),
         "queue_depth": p.queue.depth(),
+        "queue_depth_by_priority": {
+            "high": p.queue.depth_of(Priority::High),
+            "normal": p.queue.depth_of(Priority::Normal),
+            "low": p.queue.depth_of(Priority::Low),
+        },
         "window_seconds": (window * 10.0).round() / 10.0,
         "request_rate": rate,
         "latency_p50_ms": p50,

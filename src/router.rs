@@ -187,6 +187,7 @@ mod tests {
             pool: 0,
             rate_limit: None,
             cache: None,
+            priority: Default::default(),
             path_prefix_segments: false,
         }
     }

@@ -173,6 +173,8 @@ pub struct Snapshot {
     pub trace_generate: bool,
     /// `admin.explain_from`.
     pub explain_from: Vec<ipnet::IpNet>,
+    /// Each route's queue class, by route index.
+    pub route_priority: Vec<crate::config::Priority>,
 }
 
 fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
@@ -389,6 +391,7 @@ impl Snapshot {
             trusted_proxies: cfg.trusted_proxies.clone(),
             trace_generate: cfg.trace_generate,
             explain_from: cfg.explain_from.clone(),
+            route_priority: cfg.routes.iter().map(|r| r.priority).collect(),
             route_cache: cfg
                 .routes
                 .iter()

@@ -192,6 +192,7 @@ pub fn dump(cfg: &Config) -> String {
         Map::default()
             .set("name", r.name.as_str())
             .set("match", matching)
+            .set("priority", r.priority.as_str())
             .set(
                 "pool",
                 cfg.pools.get(r.pool).map_or("", |p| p.name.as_str()),
@@ -307,7 +308,8 @@ fn pool(p: &PoolConfig) -> Value {
             "queue",
             Map::default()
                 .set("max", p.queue.max as u64)
-                .set("timeout", dur(p.queue.timeout)),
+                .set("timeout", dur(p.queue.timeout))
+                .set("max_wait_low", dur(p.queue.max_wait_low)),
         )
         .opt("tls", tls)
         .set("protocol", enum_name(&p.transport.protocol))

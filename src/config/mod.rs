@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use raw::{BasicStrategy, OnUnusable, StrategyKind, UpstreamProtocol};
+pub use raw::{BasicStrategy, OnUnusable, Priority, StrategyKind, UpstreamProtocol};
 pub use transport::{Transport, UpstreamTls};
 
 /// A validated configuration.
@@ -190,6 +190,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Response caching, when enabled.
     pub cache: Option<RouteCacheConfig>,
+    /// Class of the route's requests in the wait queue.
+    pub priority: Priority,
 }
 
 /// What a rate limit counts by.
@@ -361,6 +363,8 @@ pub struct QueueConfig {
     pub max: usize,
     /// Longest wait.
     pub timeout: Duration,
+    /// A `low` waiter older than this is served as `normal` (at most `timeout`).
+    pub max_wait_low: Duration,
 }
 
 /// Upstream timeouts of a pool.

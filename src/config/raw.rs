@@ -238,6 +238,46 @@ pub struct RawRoute {
     /// Response caching for this route.
     #[serde(default)]
     pub cache: Option<RawRouteCache>,
+    /// The class of the route's requests in a pool's wait queue.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// A request's class in the wait queue: a freed slot goes to the oldest waiter of the highest
+/// class that has one.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served first.
+    High = 0,
+    /// The default.
+    #[default]
+    Normal = 1,
+    /// Served last (as `normal` once it has waited `queue.max_wait_low`).
+    Low = 2,
+}
+
+impl Priority {
+    /// Every class, highest first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The config's word for it (also the `priority` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// `high`, `normal` or `low` (any case).
+    pub fn parse(s: &[u8]) -> Option<Priority> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| s.eq_ignore_ascii_case(p.as_str().as_bytes()))
+    }
 }
 
 /// `routes[i].rate_limit`.

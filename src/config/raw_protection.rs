@@ -131,4 +131,7 @@ pub struct RawQueue {
     /// Longest wait.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// A `low` waiter older than this is served as `normal`.
+    #[serde(default)]
+    pub max_wait_low: Option<String>,
 }

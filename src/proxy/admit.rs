@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::admission::{Rejected, Slot, Waited};
 use crate::backend::BreakerPermit;
 use crate::balance::PickCtx;
+use crate::config::Priority;
 use crate::error::ProxyError;
 use crate::proxy::exchange::Client;
 use crate::state::PoolEntry;
@@ -38,6 +39,7 @@ pub async fn admit(
     query: Option<&str>,
     tried: &[usize],
     start: Instant,
+    priority: Priority,
 ) -> Result<Admitted, ProxyError> {
     let pool = &entry.pool;
     let ctx = PickCtx {
@@ -55,7 +57,32 @@ pub async fn admit(
         return Err(ProxyError::NoBackend(pool.name.to_string()));
     }
     // Boxed: the wait's states would otherwise size every request's future.
-    Box::pin(queued(entry, &ctx, tried)).await
+    Box::pin(queued(entry, &ctx, tried, priority)).await
+}
+
+/// The request header that asks for a queue class.
+pub static SANDGATE_PRIORITY: http::HeaderName = http::HeaderName::from_static("sandgate-priority");
+
+/// A request's queue class: its route's, or lower when it asks with `Sandgate-Priority`;
+/// higher only when its peer is a trusted proxy. The header is taken off the request.
+pub fn class(
+    route: Priority,
+    headers: &mut HeaderMap,
+    peer: std::net::IpAddr,
+    trusted: Option<&[ipnet::IpNet]>,
+) -> Priority {
+    let Some(asked) = headers
+        .remove(&SANDGATE_PRIORITY)
+        .and_then(|v| Priority::parse(v.as_bytes().trim_ascii()))
+    else {
+        return route;
+    };
+    let trusted = trusted.is_some_and(|t| t.iter().any(|n| n.contains(&peer)));
+    if asked >= route || trusted {
+        asked
+    } else {
+        route
+    }
 }
 
 /// Waits in the pool's queue for a slot of a backend the strategy accepts.
@@ -63,6 +90,7 @@ async fn queued(
     entry: &PoolEntry,
     ctx: &PickCtx<'_>,
     tried: &[usize],
+    priority: Priority,
 ) -> Result<Admitted, ProxyError> {
     let pool = &entry.pool;
     let q = entry.queue_cfg;
@@ -72,7 +100,13 @@ async fn queued(
         let left = deadline.saturating_duration_since(Instant::now());
         let waited = entry
             .queue
-            .wait(q.max, left, accepts.clone(), || pick(entry, ctx, tried))
+            .wait(
+                q.max,
+                left,
+                accepts.clone(),
+                (priority, q.max_wait_low),
+                || pick(entry, ctx, tried),
+            )
             .await;
         let slot = match waited {
             Ok(Waited::Found(a)) => return Ok(a),

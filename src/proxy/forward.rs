@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use crate::admission::Slot;
 use crate::balance::PickCtx;
 use crate::body::ProxyBody;
+use crate::config::Priority;
 use crate::config::{Outcome, RetryConfig};
 use crate::error::ProxyError;
 use crate::headers;
@@ -86,6 +87,8 @@ pub struct Outgoing {
     pub start: Instant,
     /// A WebSocket upgrade: a `101` with `Upgrade: websocket` is an answer, not an error.
     pub upgrade: bool,
+    /// Its class in the pool's wait queue.
+    pub priority: Priority,
 }
 
 /// A response head from a backend, with what its body needs.
@@ -174,6 +177,17 @@ pub async fn prepare(
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    let route_class = snap
+        .route_priority
+        .get(routed.index)
+        .copied()
+        .unwrap_or_default();
+    let priority = crate::proxy::admit::class(
+        route_class,
+        &mut parts.headers,
+        client.peer,
+        snap.trusted_proxies.as_deref(),
+    );
     let path = parts
         .uri
         .path_and_query()
@@ -186,6 +200,7 @@ pub async fn prepare(
         client,
         start,
         upgrade: false,
+        priority,
     })
 }
 
@@ -218,6 +233,7 @@ pub async fn fetch(
             out.path.query(),
             &excluded,
             out.start,
+            out.priority,
         )
         .await?;
         let backend = &entry.pool.backends[admitted.index];

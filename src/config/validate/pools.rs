@@ -202,15 +202,24 @@ pub(super) fn validate(
     let queue = {
         let qp = format!("{pp}.queue");
         let q = p.queue.as_ref();
+        let timeout = e.duration(
+            &format!("{qp}.timeout"),
+            q.and_then(|q| q.timeout.as_ref()),
+            Duration::from_secs(5),
+        );
         QueueConfig {
             max: e
                 .count(&format!("{qp}.max"), q.and_then(|q| q.max), 0, None)
                 .unwrap_or(1000) as usize,
-            timeout: e.duration(
-                &format!("{qp}.timeout"),
-                q.and_then(|q| q.timeout.as_ref()),
-                Duration::from_secs(5),
-            ),
+            timeout,
+            // Never more than the timeout: a low waiter is promoted before it would give up.
+            max_wait_low: e
+                .duration(
+                    &format!("{qp}.max_wait_low"),
+                    q.and_then(|q| q.max_wait_low.as_ref()),
+                    Duration::from_secs(2),
+                )
+                .min(timeout),
         }
     };
     PoolConfig {

@@ -76,6 +76,7 @@ pub(super) fn validate(
                 pool,
                 rate_limit,
                 cache,
+                priority: r.priority,
             });
         }
     }
