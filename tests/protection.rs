@@ -355,14 +355,20 @@ async fn queue_serves_waiters_in_order_and_rejects_when_full() {
     assert_eq!(
         metric(
             &m,
-            "sandgate_queue_rejected_total{pool=\"p\",reason=\"full\"}"
+            "sandgate_queue_rejected_total{pool=\"p\",reason=\"full\",priority=\"normal\"}"
         ),
         Some(1.0),
         "{m}"
     );
-    assert_eq!(metric(&m, "sandgate_queue_depth{pool=\"p\"}"), Some(0.0));
     assert_eq!(
-        metric(&m, "sandgate_queue_wait_seconds_count{pool=\"p\"}"),
+        metric(&m, "sandgate_queue_depth{pool=\"p\",priority=\"normal\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sandgate_queue_wait_seconds_count{pool=\"p\",priority=\"normal\"}"
+        ),
         Some(2.0)
     );
 }
