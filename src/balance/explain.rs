@@ -18,13 +18,7 @@ impl Pool {
         exclude: &[usize],
         decision: Option<&str>,
     ) -> String {
-        let env = Env {
-            backends: &self.backends,
-            exclude,
-            slow_start: self.slow_start,
-            now: ctx.now,
-            panic: self.in_panic(),
-        };
+        let env = self.env(exclude, ctx.now);
         let mut out = String::new();
         let addr = |i: usize| {
             self.backends

@@ -305,16 +305,21 @@ impl Pool {
             .position(|b| Arc::ptr_eq(&b.state, state))
     }
 
-    /// Picks a backend for the request, skipping unusable ones and those in `exclude`;
-    /// None when the pool has no backend for it.
-    pub fn select(&self, ctx: &PickCtx<'_>, exclude: &[usize]) -> Option<Pick<'_>> {
-        let env = Env {
+    /// The view selection looks through at `now`, with `exclude` not to be picked.
+    pub(crate) fn env<'a>(&'a self, exclude: &'a [usize], now: Instant) -> Env<'a> {
+        Env {
             backends: &self.backends,
             exclude,
             slow_start: self.slow_start,
-            now: ctx.now,
+            now,
             panic: self.in_panic(),
-        };
+        }
+    }
+
+    /// Picks a backend for the request, skipping unusable ones and those in `exclude`;
+    /// None when the pool has no backend for it.
+    pub fn select(&self, ctx: &PickCtx<'_>, exclude: &[usize]) -> Option<Pick<'_>> {
+        let env = self.env(exclude, ctx.now);
         let (index, set_cookie, decision) = match &self.strategy {
             Strategy::Basic(b) => (b.select(&self.members, &env)?, None, None),
             Strategy::Geo(g) => {
