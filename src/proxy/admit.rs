@@ -11,7 +11,6 @@ use crate::backend::BreakerPermit;
 use crate::balance::PickCtx;
 use crate::config::Priority;
 use crate::error::ProxyError;
-use crate::proxy::exchange::Client;
 use crate::state::PoolEntry;
 
 /// A backend slot taken for one try.
@@ -34,30 +33,19 @@ pub struct Admitted {
 /// turned it away sends it back to waiting, not to an error.
 pub async fn admit(
     entry: &PoolEntry,
-    client: Client,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    ctx: &PickCtx<'_>,
     tried: &[usize],
-    start: Instant,
     priority: Priority,
 ) -> Result<Admitted, ProxyError> {
     let pool = &entry.pool;
-    let ctx = PickCtx {
-        client_ip: client.ip,
-        peer: client.peer,
-        headers,
-        query,
-        tls: client.tls,
-        now: start,
-    };
-    if let Some(a) = pick(entry, &ctx, tried) {
+    if let Some(a) = pick(entry, ctx, tried) {
         return Ok(a);
     }
     if !pool.all_busy(Instant::now(), &[]) {
         return Err(ProxyError::NoBackend(pool.name.to_string()));
     }
     // Boxed: the wait's states would otherwise size every request's future.
-    Box::pin(queued(entry, &ctx, tried, priority)).await
+    Box::pin(queued(entry, ctx, tried, priority)).await
 }
 
 /// The request header that asks for a queue class.

@@ -226,28 +226,19 @@ pub async fn fetch(
         tried.attempts += 1;
         let attempt = tried.attempts;
 
-        let admitted = admit(
-            entry,
-            out.client,
-            &out.head.headers,
-            out.path.query(),
-            &excluded,
-            out.start,
-            out.priority,
-        )
-        .await?;
+        let ctx = PickCtx {
+            client_ip: out.client.ip,
+            peer: out.client.peer,
+            headers: &out.head.headers,
+            query: out.path.query(),
+            tls: out.client.tls,
+            now: out.start,
+        };
+        let admitted = admit(entry, &ctx, &excluded, out.priority).await?;
         let backend = &entry.pool.backends[admitted.index];
         tried.backend = Some(admitted.index);
         tried.decision = admitted.decision;
         if let Some(notes) = tried.explain.as_mut() {
-            let ctx = PickCtx {
-                client_ip: out.client.ip,
-                peer: out.client.peer,
-                headers: &out.head.headers,
-                query: out.path.query(),
-                tls: out.client.tls,
-                now: out.start,
-            };
             let why = entry
                 .pool
                 .explain(&ctx, admitted.index, &excluded, admitted.decision);
