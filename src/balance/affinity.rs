@@ -422,7 +422,7 @@ fn cookie_value<'a>(ctx: &PickCtx<'a>, name: &str) -> Option<&'a str> {
 impl Affinity {
     /// For `Sandgate-Explain`: what the sticky cookie said, and the key and its hash.
     pub(super) fn explain(&self, ctx: &PickCtx<'_>, chosen: usize) -> (&'static str, String) {
-        let fallback = super::explain::config_name(&self.cfg.fallback);
+        let fallback = crate::config::raw::config_name(&self.cfg.fallback);
         let mut parts = Vec::new();
         if let Some(c) = &self.cfg.cookie {
             parts.push(match self.read_cookie(ctx) {
@@ -450,7 +450,7 @@ impl Affinity {
         }
         parts.push(format!(
             "on_unusable {}",
-            super::explain::config_name(&self.cfg.on_unusable)
+            crate::config::raw::config_name(&self.cfg.on_unusable)
         ));
         ("affinity", parts.join("; "))
     }

@@ -121,11 +121,3 @@ pub(super) fn basic(
         }
     }
 }
-
-/// How the config file writes `v` (`least_connections`, `repin`).
-pub fn config_name<T: serde::Serialize>(v: &T) -> String {
-    serde_yaml::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}

@@ -86,7 +86,7 @@ fn outcomes(set: &OutcomeSet) -> Value {
 }
 
 fn enum_name<T: serde::Serialize>(v: &T) -> Value {
-    serde_yaml::to_value(v).unwrap_or(Value::Null)
+    Value::from(super::raw::config_name(v))
 }
 
 /// Redis URLs may hold a password: it is redacted.

@@ -243,6 +243,14 @@ pub struct RawRoute {
     pub priority: Priority,
 }
 
+/// How the config file writes a unit enum of this module (`least_connections`, `repin`).
+pub fn config_name<T: Serialize>(v: &T) -> String {
+    serde_yaml::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// A request's class in the wait queue: a freed slot goes to the oldest waiter of the highest
 /// class that has one.
 #[derive(

@@ -32,7 +32,7 @@ pub fn finish(snap: &Snapshot, x: &mut Exchange, status: u16) {
     let route = x.route.and_then(|i| snap.route_stats.get(i));
     parts.push(format!("route={}", route.map_or("none", |r| &*r.name)));
     if let Some(p) = x.pool.and_then(|i| snap.pools.get(i)) {
-        let kind = crate::balance::explain::config_name(&p.pool.kind);
+        let kind = crate::config::raw::config_name(&p.pool.kind);
         parts.push(format!("pool={} strategy={kind}", p.pool.name));
     }
     parts.extend(*notes);
