@@ -118,7 +118,10 @@ async fn each_request_becomes_a_span_under_its_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_only_drops_spans() {
     let backend = named_backend("ok").await;
-    let dead = closed_port();
+    // A collector that takes connections and never answers. (A closed port could be reused
+    // by another test's collector meanwhile.)
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = hung.local_addr().expect("addr");
     let yaml = format!(
         "listeners:\n  - name: public\n    address: 127.0.0.1:0\n\
          admin:\n  address: 127.0.0.1:0\n\
