@@ -60,8 +60,10 @@ pub const QUEUE_DEPTH: &str = "sandgate_queue_depth";
 pub const QUEUE_WAIT: &str = "sandgate_queue_wait_seconds";
 /// `sandgate_queue_rejected_total{pool,reason}`
 pub const QUEUE_REJECTED_TOTAL: &str = "sandgate_queue_rejected_total";
-/// `sandgate_rate_limited_total{route}`
+/// `sandgate_rate_limited_total{route,scope}`
 pub const RATE_LIMITED_TOTAL: &str = "sandgate_rate_limited_total";
+/// `sandgate_rate_limit_fallback_total{route}`
+pub const RATE_LIMIT_FALLBACK_TOTAL: &str = "sandgate_rate_limit_fallback_total";
 /// `sandgate_shed_total{reason}` (`connections`, `inflight`)
 pub const SHED_TOTAL: &str = "sandgate_shed_total";
 
@@ -293,6 +295,10 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED_TOTAL,
         "Requests refused with 429 by a route's rate limit."
+    );
+    describe_counter!(
+        RATE_LIMIT_FALLBACK_TOTAL,
+        "Requests a global rate limit decided locally, at rate / instances seen, because Redis could not be reached."
     );
     describe_counter!(
         SHED_TOTAL,

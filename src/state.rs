@@ -350,6 +350,7 @@ impl Snapshot {
             })
             .collect();
 
+        let redis = cfg.cache.redis.as_ref();
         let rate_limits = cfg
             .routes
             .iter()
@@ -363,7 +364,7 @@ impl Snapshot {
                         .filter(|l| l.config() == rl)
                         .cloned()
                 });
-                Some(kept.unwrap_or_else(|| Arc::new(RateLimiter::new(&r.name, rl.clone()))))
+                Some(kept.unwrap_or_else(|| Arc::new(RateLimiter::new(&r.name, rl.clone(), redis))))
             })
             .collect();
 

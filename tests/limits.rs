@@ -159,7 +159,10 @@ async fn rate_limit_answers_429_with_headers() {
     assert_eq!(get_with(&url, &[("x-api-key", "bob")]).await.status, 200);
     let m = metrics_text(&proxy).await;
     assert_eq!(
-        metric(&m, "sandgate_rate_limited_total{route=\"api\"}"),
+        metric(
+            &m,
+            "sandgate_rate_limited_total{route=\"api\",scope=\"local\"}"
+        ),
         Some(1.0)
     );
     assert!(m.contains("sandgate_requests_total{route=\"api\",code=\"429\"} 1"));

@@ -208,9 +208,22 @@ pub fn dump(cfg: &Config) -> String {
                                 RateKey::Header(h) => format!("header:{h}"),
                             },
                         )
-                        .set("rate", format!("{}/s", rl.per_second))
+                        .set(
+                            "rate",
+                            format!(
+                                "{}/{}",
+                                rl.per_window(),
+                                match rl.window as u64 {
+                                    3600 => "h",
+                                    60 => "m",
+                                    _ => "s",
+                                }
+                            ),
+                        )
                         .set("burst", u64::from(rl.burst))
                         .set("max_keys", rl.max_keys)
+                        .set("algorithm", rl.algorithm.as_str())
+                        .set("scope", rl.scope.as_str())
                 }),
             )
             .opt(

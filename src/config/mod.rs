@@ -6,6 +6,7 @@ pub mod dump;
 pub mod lines;
 pub mod raw;
 mod raw_protection;
+mod raw_rate;
 mod transport;
 pub mod validate;
 
@@ -18,7 +19,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use raw::{BasicStrategy, OnUnusable, Priority, StrategyKind, UpstreamProtocol};
+pub use raw::{
+    BasicStrategy, OnUnusable, Priority, RateAlgorithm, RateScope, StrategyKind, UpstreamProtocol,
+};
 pub use transport::{Transport, UpstreamTls};
 
 /// A validated configuration.
@@ -210,10 +213,23 @@ pub struct RateLimitConfig {
     pub key: RateKey,
     /// Tokens added per second.
     pub per_second: f64,
+    /// The rate's unit, in seconds: the sliding window's length.
+    pub window: f64,
     /// Bucket size.
     pub burst: u32,
     /// Most keys tracked.
     pub max_keys: u64,
+    /// Token bucket or sliding window.
+    pub algorithm: RateAlgorithm,
+    /// Local or fleet-wide (through `cache.redis`).
+    pub scope: RateScope,
+}
+
+impl RateLimitConfig {
+    /// Requests allowed per window (the rate's count).
+    pub fn per_window(&self) -> f64 {
+        self.per_second * self.window
+    }
 }
 
 /// What one upstream attempt came to, as breakers and retries classify it.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use super::raw_protection::{
     InitialState, RawBackoff, RawBreaker, RawHealthCheck, RawQueue, RawRetry,
 };
+pub use super::raw_rate::{RateAlgorithm, RateScope, RawRateLimit};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -286,23 +287,6 @@ impl Priority {
             .into_iter()
             .find(|p| s.eq_ignore_ascii_case(p.as_str().as_bytes()))
     }
-}
-
-/// `routes[i].rate_limit`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
-    /// `client_ip` or `header:NAME`.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// `100/s`, `600/m` or `3600/h`.
-    pub rate: String,
-    /// Bucket size (default: one second of `rate`).
-    #[serde(default)]
-    pub burst: Option<i64>,
-    /// Most keys tracked at once (least recently used ones are dropped).
-    #[serde(default)]
-    pub max_keys: Option<i64>,
 }
 
 /// `routes[i].match`.

@@ -6,7 +6,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::Errors;
 use crate::config::raw::{RawConfig, RawRateLimit};
-use crate::config::{HostMatch, RateKey, RateLimitConfig, RouteConfig};
+use crate::config::{HostMatch, RateKey, RateLimitConfig, RateScope, RouteConfig};
 
 /// Validates `routes` against the pool names (in snapshot order); warns about unused pools.
 pub(super) fn validate(
@@ -62,6 +62,16 @@ pub(super) fn validate(
             .rate_limit
             .as_ref()
             .and_then(|rl| rate_limit(e, &format!("{p}.rate_limit"), rl));
+        if rate_limit
+            .as_ref()
+            .is_some_and(|rl| rl.scope == RateScope::Global)
+            && raw.cache.as_ref().and_then(|c| c.redis.as_ref()).is_none()
+        {
+            e.push(
+                format!("{p}.rate_limit.scope"),
+                "global needs cache.redis: the fleet's counters are kept there",
+            );
+        }
         let cache = r
             .cache
             .as_ref()
@@ -120,7 +130,7 @@ fn rate_limit(e: &mut Errors<'_>, lp: &str, r: &RawRateLimit) -> Option<RateLimi
             "h" | "1h" | "hour" => 3600.0,
             _ => return None,
         };
-        Some(n / secs)
+        Some((n / secs, secs))
     });
     if per_second.is_none() {
         e.push(
@@ -135,10 +145,13 @@ fn rate_limit(e: &mut Errors<'_>, lp: &str, r: &RawRateLimit) -> Option<RateLimi
     let max_keys = e
         .count(&format!("{lp}.max_keys"), r.max_keys, 1, None)
         .unwrap_or(100_000);
-    let per_second = per_second?;
+    let (per_second, window) = per_second?;
     Some(RateLimitConfig {
         key: key?,
         per_second,
+        window,
+        algorithm: r.algorithm,
+        scope: r.scope,
         burst: burst.map_or_else(|| per_second.ceil().max(1.0) as u32, |b| b as u32),
         max_keys,
     })

@@ -213,3 +213,27 @@ pools:
         ]
     );
 }
+
+#[test]
+fn a_global_rate_limit_needs_cache_redis() {
+    let route = "routes:\n  - name: r\n    pool: p\n    rate_limit: { rate: 50/s, scope: global, algorithm: sliding_window }\n";
+    let pools = "pools:\n  p: { backends: [{ address: 127.0.0.1:2 }] }\n";
+    let bare = format!("listeners: [{{ name: a, address: 127.0.0.1:1 }}]\n{route}{pools}");
+    assert_eq!(
+        errs(&bare),
+        ["line 5: routes[0].rate_limit.scope: global needs cache.redis: the fleet's counters are kept there"]
+    );
+    let with_redis = format!("{bare}cache: {{ redis: {{ url: 'redis://127.0.0.1:1/0' }} }}\n");
+    let cfg =
+        crate::config::parse_str(&with_redis, Path::new(".")).expect("valid with cache.redis");
+    let rl = cfg.config.routes[0].rate_limit.clone().expect("rate limit");
+    assert_eq!(rl.scope, crate::config::RateScope::Global);
+    assert_eq!(rl.algorithm, crate::config::RateAlgorithm::SlidingWindow);
+    assert_eq!(rl.per_window(), 50.0);
+    let unknown = bare.replace("scope: global", "scope: planet");
+    assert!(
+        errs(&unknown)[0].contains("unknown variant `planet`"),
+        "{:?}",
+        errs(&unknown)
+    );
+}

@@ -1,5 +1,9 @@
-//! Overload protection that answers before any backend is involved: per-route token-bucket
-//! rate limits (429), and global caps on open connections and requests in flight (503).
+//! Overload protection that answers before any backend is involved: per-route rate limits
+//! (429; token bucket or sliding window, counted per instance or fleet-wide), and global caps
+//! on open connections and requests in flight (503).
+
+mod global;
+mod local;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +14,10 @@ use http::{HeaderMap, HeaderValue};
 use metrics::Counter;
 use moka::policy::EvictionPolicy;
 
-use crate::config::{RateKey, RateLimitConfig};
-use crate::metrics::{RATE_LIMITED_TOTAL, SHED_TOTAL};
+use crate::config::{RateKey, RateLimitConfig, RateScope, RedisConfig};
+use crate::metrics::{RATE_LIMITED_TOTAL, RATE_LIMIT_FALLBACK_TOTAL, SHED_TOTAL};
+use global::Global;
+use local::Count;
 
 /// What a rate limit is counted by, for one request.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -36,11 +42,18 @@ impl Key {
             Key::Header(v.into())
         }
     }
-}
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    /// The key's name in Redis: a hash, so that any header value makes a safe, short name.
+    fn redis_name(&self) -> String {
+        let h = match self {
+            Key::V4(a) => xxhash_rust::xxh3::xxh3_128(a),
+            Key::V6(a) => xxhash_rust::xxh3::xxh3_128(a),
+            Key::Header(v) => xxhash_rust::xxh3::xxh3_128(v),
+            Key::Hashed(h) => *h,
+            Key::Missing => return "none".to_owned(),
+        };
+        format!("{h:032x}")
+    }
 }
 
 /// The verdict for one request.
@@ -73,30 +86,53 @@ impl Decision {
     }
 }
 
-/// A token-bucket rate limit for one route. Buckets are kept per key in a cache bounded by
-/// `max_keys` (least recently used keys go first), so spoofed keys cannot grow memory.
+/// The rate limit of one route. Counts are kept per key in a cache bounded by `max_keys`
+/// (least recently used keys go first), so spoofed keys cannot grow memory.
 pub struct RateLimiter {
     cfg: RateLimitConfig,
-    buckets: moka::sync::Cache<Key, Arc<Mutex<Bucket>>>,
+    counts: moka::sync::Cache<Key, Arc<Mutex<Count>>>,
+    /// Starts the sliding windows.
+    epoch: Instant,
+    /// The fleet's counters, for `scope: global`.
+    global: Option<Arc<Global>>,
     limited: Counter,
+    fallback: Counter,
 }
 
 impl RateLimiter {
-    /// A limiter for `route`.
-    pub fn new(route: &str, cfg: RateLimitConfig) -> Self {
+    /// A limiter for `route`. A global one keeps its counters in `redis` (validation makes
+    /// sure there is one).
+    pub fn new(route: &str, cfg: RateLimitConfig, redis: Option<&RedisConfig>) -> Self {
+        let global = match (cfg.scope, redis) {
+            (RateScope::Global, Some(r)) => match Global::start(route, &cfg, r) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "rate limit: counting locally");
+                    None
+                }
+            },
+            _ => None,
+        };
         Self {
-            buckets: moka::sync::Cache::builder()
+            counts: moka::sync::Cache::builder()
                 .max_capacity(cfg.max_keys)
                 .eviction_policy(EvictionPolicy::lru())
                 .build(),
+            epoch: Instant::now(),
+            global,
+            limited: metrics::counter!(RATE_LIMITED_TOTAL, "route" => route.to_owned(),
+                "scope" => cfg.scope.as_str()),
+            fallback: metrics::counter!(RATE_LIMIT_FALLBACK_TOTAL, "route" => route.to_owned()),
             cfg,
-            limited: metrics::counter!(RATE_LIMITED_TOTAL, "route" => route.to_owned()),
         }
     }
 
     /// Marks the limiter's metric series as alive.
     pub fn touch_metrics(&self) {
         crate::metrics::touch(&[&self.limited]);
+        if self.cfg.scope == RateScope::Global {
+            crate::metrics::touch(&[&self.fallback]);
+        }
     }
 
     /// The settings.
@@ -104,7 +140,7 @@ impl RateLimiter {
         &self.cfg
     }
 
-    /// Takes one token for the request, if there is one.
+    /// Counts the request, if the limit allows it.
     pub fn check(&self, client: IpAddr, headers: &HeaderMap, now: Instant) -> Decision {
         let key = match &self.cfg.key {
             RateKey::ClientIp => match client {
@@ -115,32 +151,27 @@ impl RateLimiter {
                 .get(h)
                 .map_or(Key::Missing, |v| Key::header(v.as_bytes())),
         };
-        let burst = f64::from(self.cfg.burst);
-        let bucket = self.buckets.get_with(key, || {
-            Arc::new(Mutex::new(Bucket {
-                tokens: burst,
-                last: now,
-            }))
-        });
-        // std Mutex per key: a few float operations, never across an await.
-        let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let rate = self.cfg.per_second;
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.last = now;
-        let allowed = b.tokens >= 1.0;
-        if allowed {
-            b.tokens -= 1.0;
-        } else {
+        let d = match &self.global {
+            Some(g) if g.up() => g.take(key, now),
+            Some(g) => {
+                self.fallback.increment(1);
+                self.local(key, 1.0 / f64::from(g.instances()), now)
+            }
+            None => self.local(key, 1.0, now),
+        };
+        if !d.allowed {
             self.limited.increment(1);
         }
-        Decision {
-            allowed,
-            limit: self.cfg.burst,
-            remaining: b.tokens.floor() as u32,
-            reset: ((burst - b.tokens) / rate).ceil() as u64,
-            retry_after: ((1.0 - b.tokens).max(0.0) / rate).ceil() as u64,
-        }
+        d
+    }
+
+    fn local(&self, key: Key, share: f64, now: Instant) -> Decision {
+        let count = self
+            .counts
+            .get_with(key, || Arc::new(Mutex::new(Count::new(&self.cfg, now))));
+        // std Mutex per key: a few float operations, never across an await.
+        let mut c = count.lock().unwrap_or_else(|p| p.into_inner());
+        c.take(&self.cfg, share, self.epoch, now)
     }
 }
 
@@ -230,6 +261,7 @@ impl Shedder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RateAlgorithm;
     use std::time::Duration;
 
     #[test]
@@ -253,9 +285,13 @@ mod tests {
             RateLimitConfig {
                 key: RateKey::ClientIp,
                 per_second: 2.0,
+                window: 1.0,
                 burst: 3,
                 max_keys: 10,
+                algorithm: RateAlgorithm::TokenBucket,
+                scope: RateScope::Local,
             },
+            None,
         );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let h = HeaderMap::new();
@@ -273,5 +309,43 @@ mod tests {
         assert!(!rl.check(ip, &h, t + Duration::from_millis(500)).allowed);
         // Another client has its own bucket.
         assert!(rl.check("192.0.2.2".parse().unwrap(), &h, t).allowed);
+    }
+
+    #[test]
+    fn sliding_window_weights_the_previous_window() {
+        let rl = RateLimiter::new(
+            "r",
+            RateLimitConfig {
+                key: RateKey::ClientIp,
+                per_second: 10.0,
+                window: 1.0,
+                burst: 10,
+                max_keys: 10,
+                algorithm: RateAlgorithm::SlidingWindow,
+                scope: RateScope::Local,
+            },
+            None,
+        );
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let h = HeaderMap::new();
+        let t0 = rl.epoch + Duration::from_millis(100);
+        let first: Vec<_> = (0..11).map(|_| rl.check(ip, &h, t0)).collect();
+        assert_eq!(first.iter().filter(|d| d.allowed).count(), 10);
+        let refused = first[10];
+        assert_eq!((refused.limit, refused.remaining), (10, 0));
+        assert_eq!(refused.retry_after, 1, "the next window starts in 0.9 s");
+        // Half-way through the next window the first one still weighs 5: 5 more pass.
+        let t1 = rl.epoch + Duration::from_millis(1500);
+        let second: Vec<_> = (0..6).map(|_| rl.check(ip, &h, t1)).collect();
+        assert_eq!(second.iter().filter(|d| d.allowed).count(), 5);
+        // A quarter into the third window the first is forgotten and the second (5) weighs 3.75.
+        let t2 = rl.epoch + Duration::from_millis(2250);
+        let third: Vec<_> = (0..10).map(|_| rl.check(ip, &h, t2)).collect();
+        assert_eq!(third.iter().filter(|d| d.allowed).count(), 6);
+        // Two idle windows reset the count.
+        let t3 = rl.epoch + Duration::from_millis(5000);
+        let d = rl.check(ip, &h, t3);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 9);
     }
 }
