@@ -41,6 +41,9 @@ pub enum ProxyError {
     /// Every backend was busy and the pool's queue was full.
     #[error("every backend in pool {0} is busy and its queue is full")]
     QueueFull(String),
+    /// The request's tenant held its share of the pool's slots and the queue was full.
+    #[error("the tenant holds its share of pool {0} and the queue is full")]
+    TenantLimit(String),
     /// Every backend was busy and no slot came within the queue timeout.
     #[error("no backend in pool {0} became free in time")]
     QueueTimeout(String),
@@ -65,6 +68,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend(_)
             | ProxyError::QueueFull(_)
+            | ProxyError::TenantLimit(_)
             | ProxyError::QueueTimeout(_)
             | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::Upstream(..) => "upstream_error",
             ProxyError::RateLimited => "rate_limited",
             ProxyError::QueueFull(_) => "queue_full",
+            ProxyError::TenantLimit(_) => "tenant_limit",
             ProxyError::QueueTimeout(_) => "queue_timeout",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::NotCached => "not_cached",
@@ -110,6 +115,7 @@ impl ProxyError {
                 | ProxyError::Upstream(..)
                 | ProxyError::NoBackend(_)
                 | ProxyError::QueueFull(_)
+                | ProxyError::TenantLimit(_)
                 | ProxyError::QueueTimeout(_)
         )
     }
@@ -140,6 +146,9 @@ impl ProxyError {
             ProxyError::Upstream(..) => "the backend failed to answer".into(),
             ProxyError::RateLimited => "rate limit exceeded".into(),
             ProxyError::QueueFull(_) => "every backend is busy and the wait queue is full".into(),
+            ProxyError::TenantLimit(_) => {
+                "your tenant holds its share of the backends and the wait queue is full".into()
+            }
             ProxyError::QueueTimeout(_) => "no backend became free in time".into(),
             ProxyError::Overloaded(why) => format!("overloaded: {why}").into(),
             ProxyError::NotCached | ProxyError::ClientTimeout(_) | ProxyError::ClientAbort => {
@@ -186,6 +195,7 @@ impl ProxyError {
             ProxyError::Timeout(_) | ProxyError::ClientTimeout(_) => 4,
             ProxyError::RateLimited
             | ProxyError::QueueFull(_)
+            | ProxyError::TenantLimit(_)
             | ProxyError::QueueTimeout(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::HeadersTooLarge(_) => 8,

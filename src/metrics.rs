@@ -62,6 +62,8 @@ pub const QUEUE_WAIT: &str = "sandgate_queue_wait_seconds";
 pub const QUEUE_REJECTED_TOTAL: &str = "sandgate_queue_rejected_total";
 /// `sandgate_rate_limited_total{route,scope}`
 pub const RATE_LIMITED_TOTAL: &str = "sandgate_rate_limited_total";
+/// `sandgate_tenant_limited_total{pool}`
+pub const TENANT_LIMITED_TOTAL: &str = "sandgate_tenant_limited_total";
 /// `sandgate_rate_limit_fallback_total{route}`
 pub const RATE_LIMIT_FALLBACK_TOTAL: &str = "sandgate_rate_limit_fallback_total";
 /// `sandgate_shed_total{reason}` (`connections`, `inflight`)
@@ -295,6 +297,10 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED_TOTAL,
         "Requests refused with 429 by a route's rate limit."
+    );
+    describe_counter!(
+        TENANT_LIMITED_TOTAL,
+        "Requests a tenant's share held back: refused with 503 tenant_limit, or kept waiting while other tenants were served."
     );
     describe_counter!(
         RATE_LIMIT_FALLBACK_TOTAL,

@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use metrics::{Histogram, Label};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::WaitQueue;
+use crate::admission::{Seat, WaitQueue};
 use crate::backend::{Backend, BackendState};
 use crate::balance::Pool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::cache::status::CacheResult;
 use crate::config::{
     CacheConfig, Config, HealthConfig, LimitsConfig, QueueConfig, RetryConfig, RouteCacheConfig,
-    RuntimeConfig, Secret, Timeouts,
+    RuntimeConfig, Secret, TenantConfig, Timeouts,
 };
 use crate::discovery::Found;
 use crate::limit::RateLimiter;
@@ -90,6 +90,8 @@ pub struct PoolEntry {
     pub queue_cfg: QueueConfig,
     /// The wait queue (kept across reloads).
     pub queue: Arc<WaitQueue>,
+    /// `tenant`, and the slots that its share comes to.
+    pub tenant: Option<(TenantConfig, u32)>,
     /// Requests in flight to this pool, and retries among them (the retry budget).
     pub budget: RetryBudget,
     /// `sandgate_retries_total{pool,reason}`.
@@ -100,6 +102,18 @@ pub struct PoolEntry {
     pub timeouts: Timeouts,
     /// Keep-alive connection pools, by backend index.
     pub conns: Vec<Arc<BackendConns>>,
+}
+
+impl PoolEntry {
+    /// The request's tenant, in a pool with `tenant`.
+    pub fn seat(&self, ctx: &crate::balance::PickCtx<'_>) -> Option<Seat> {
+        let (cfg, limit) = self.tenant.as_ref()?;
+        Some(
+            self.queue
+                .tenants
+                .seat(cfg, *limit, ctx.client_ip, ctx.headers),
+        )
+    }
 }
 
 /// Requests and retries in flight in one pool.
@@ -299,11 +313,18 @@ impl Snapshot {
                     )
                 })
                 .collect::<Vec<_>>();
+            // A tenant's share of the pool's slots, at least one.
+            let tenant = pc.tenant.clone().map(|t| {
+                let slots: u64 = backends.iter().map(|b| u64::from(b.max_connections)).sum();
+                let share = (slots as f64 * t.max_share).floor().max(1.0);
+                (t, share.min(f64::from(u32::MAX)) as u32)
+            });
             pools.push(PoolEntry {
                 pool: Pool::new(pc, backends),
                 health: pc.health.clone().map(Arc::new),
                 retry: pc.retry.clone(),
                 queue_cfg: pc.queue,
+                tenant,
                 queue,
                 budget: RetryBudget::default(),
                 retries: CodeCounters::with_label(

@@ -201,13 +201,7 @@ pub fn dump(cfg: &Config) -> String {
                 "rate_limit",
                 r.rate_limit.as_ref().map(|rl| {
                     Map::default()
-                        .set(
-                            "key",
-                            match &rl.key {
-                                RateKey::ClientIp => "client_ip".to_owned(),
-                                RateKey::Header(h) => format!("header:{h}"),
-                            },
-                        )
+                        .set("key", rate_key(&rl.key))
                         .set(
                             "rate",
                             format!(
@@ -323,6 +317,14 @@ fn pool(p: &PoolConfig) -> Value {
                 .set("max", p.queue.max as u64)
                 .set("timeout", dur(p.queue.timeout))
                 .set("max_wait_low", dur(p.queue.max_wait_low)),
+        )
+        .opt(
+            "tenant",
+            p.tenant.as_ref().map(|t| {
+                Map::default()
+                    .set("key", rate_key(&t.key))
+                    .set("max_share", format!("{}%", t.max_share * 100.0))
+            }),
         )
         .opt("tls", tls)
         .set("protocol", enum_name(&p.transport.protocol))
@@ -462,4 +464,12 @@ fn retry(r: &RetryConfig) -> Map {
         .opt("per_try_timeout", r.per_try_timeout.map(dur))
         .set("budget", percent(r.budget))
         .set("max_replay_body", size(r.max_replay_body))
+}
+
+/// A rate-limit or tenant key as the file writes it.
+fn rate_key(k: &RateKey) -> String {
+    match k {
+        RateKey::ClientIp => "client_ip".to_owned(),
+        RateKey::Header(h) => format!("header:{h}"),
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod discovery;
 pub mod dump;
+mod fairness;
 pub mod lines;
 pub mod raw;
 mod raw_protection;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use fairness::{RateKey, RateLimitConfig, TenantConfig};
 pub use raw::{
     BasicStrategy, OnUnusable, Priority, RateAlgorithm, RateScope, StrategyKind, UpstreamProtocol,
 };
@@ -195,41 +197,6 @@ pub struct RouteConfig {
     pub cache: Option<RouteCacheConfig>,
     /// Class of the route's requests in the wait queue.
     pub priority: Priority,
-}
-
-/// What a rate limit counts by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RateKey {
-    /// The client's IP address.
-    ClientIp,
-    /// A request header's value (requests without it share one bucket).
-    Header(HeaderName),
-}
-
-/// `routes[i].rate_limit`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimitConfig {
-    /// Bucket key.
-    pub key: RateKey,
-    /// Tokens added per second.
-    pub per_second: f64,
-    /// The rate's unit, in seconds: the sliding window's length.
-    pub window: f64,
-    /// Bucket size.
-    pub burst: u32,
-    /// Most keys tracked.
-    pub max_keys: u64,
-    /// Token bucket or sliding window.
-    pub algorithm: RateAlgorithm,
-    /// Local or fleet-wide (through `cache.redis`).
-    pub scope: RateScope,
-}
-
-impl RateLimitConfig {
-    /// Requests allowed per window (the rate's count).
-    pub fn per_window(&self) -> f64 {
-        self.per_second * self.window
-    }
 }
 
 /// What one upstream attempt came to, as breakers and retries classify it.
@@ -421,6 +388,8 @@ pub struct PoolConfig {
     pub retry: Option<RetryConfig>,
     /// Wait queue (used when backends have concurrency caps).
     pub queue: QueueConfig,
+    /// Per-tenant share of the pool's slots.
+    pub tenant: Option<TenantConfig>,
     /// Idle upstream connections kept per backend.
     pub max_idle_per_backend: usize,
     /// How the pool's backends are reached: TLS and protocol.

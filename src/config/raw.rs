@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use super::raw_protection::{
     InitialState, RawBackoff, RawBreaker, RawHealthCheck, RawQueue, RawRetry,
 };
-pub use super::raw_rate::{RateAlgorithm, RateScope, RawRateLimit};
+pub use super::raw_rate::{RateAlgorithm, RateScope, RawRateLimit, RawTenant};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -402,6 +402,9 @@ pub struct RawPool {
     /// Wait queue for when every eligible backend is at its cap.
     #[serde(default)]
     pub queue: Option<RawQueue>,
+    /// Per-tenant share of the pool's slots.
+    #[serde(default)]
+    pub tenant: Option<RawTenant>,
     /// Idle keep-alive connections kept per backend.
     #[serde(default)]
     pub max_idle_per_backend: Option<i64>,

@@ -1,4 +1,5 @@
-//! The serde mirror of `routes[i].rate_limit` (re-exported from [`super::raw`]).
+//! The serde mirror of `routes[i].rate_limit` and `pools.NAME.tenant` (re-exported from
+//! [`super::raw`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -66,4 +67,14 @@ impl RateScope {
             RateScope::Global => "global",
         }
     }
+}
+
+/// `pools.NAME.tenant`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// `client_ip` or `header:NAME`.
+    pub key: String,
+    /// Largest share of the pool's slots one tenant holds while others wait, e.g. `50%`.
+    pub max_share: String,
 }

@@ -19,9 +19,9 @@ use crate::metrics::{RATE_LIMITED_TOTAL, RATE_LIMIT_FALLBACK_TOTAL, SHED_TOTAL};
 use global::Global;
 use local::Count;
 
-/// What a rate limit is counted by, for one request.
+/// What a rate limit (or a tenant share) is counted by, for one request.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum Key {
+pub(crate) enum Key {
     V4([u8; 4]),
     V6([u8; 16]),
     Header(Box<[u8]>),
@@ -35,6 +35,19 @@ enum Key {
 const MAX_KEY: usize = 256;
 
 impl Key {
+    /// The request's key under `by`: its client's address or a header's value.
+    pub(crate) fn of(by: &RateKey, client: IpAddr, headers: &HeaderMap) -> Self {
+        match by {
+            RateKey::ClientIp => match client {
+                IpAddr::V4(a) => Key::V4(a.octets()),
+                IpAddr::V6(a) => Key::V6(a.octets()),
+            },
+            RateKey::Header(h) => headers
+                .get(h)
+                .map_or(Key::Missing, |v| Key::header(v.as_bytes())),
+        }
+    }
+
     fn header(v: &[u8]) -> Self {
         if v.len() > MAX_KEY {
             Key::Hashed(xxhash_rust::xxh3::xxh3_128(v))
@@ -142,15 +155,7 @@ impl RateLimiter {
 
     /// Counts the request, if the limit allows it.
     pub fn check(&self, client: IpAddr, headers: &HeaderMap, now: Instant) -> Decision {
-        let key = match &self.cfg.key {
-            RateKey::ClientIp => match client {
-                IpAddr::V4(a) => Key::V4(a.octets()),
-                IpAddr::V6(a) => Key::V6(a.octets()),
-            },
-            RateKey::Header(h) => headers
-                .get(h)
-                .map_or(Key::Missing, |v| Key::header(v.as_bytes())),
-        };
+        let key = Key::of(&self.cfg.key, client, headers);
         let d = match &self.global {
             Some(g) if g.up() => g.take(key, now),
             Some(g) => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::admission::{Rejected, Slot, Waited};
+use crate::admission::{Rejected, Seat, Slot, Waited};
 use crate::backend::BreakerPermit;
 use crate::balance::PickCtx;
 use crate::config::Priority;
@@ -38,14 +38,22 @@ pub async fn admit(
     priority: Priority,
 ) -> Result<Admitted, ProxyError> {
     let pool = &entry.pool;
-    if let Some(a) = pick(entry, ctx, tried) {
-        return Ok(a);
-    }
-    if !pool.all_busy(Instant::now(), &[]) {
-        return Err(ProxyError::NoBackend(pool.name.to_string()));
+    let seat = entry.seat(ctx);
+    // A tenant holding its share takes no free slot while others wait.
+    let held = seat.as_ref().is_some_and(Seat::full) && entry.queue.has_waiters();
+    if held {
+        entry.queue.tenants.limited();
+    } else {
+        if let Some(mut a) = pick(entry, ctx, tried) {
+            a.slot.charge(seat.as_ref());
+            return Ok(a);
+        }
+        if !pool.all_busy(Instant::now(), &[]) {
+            return Err(ProxyError::NoBackend(pool.name.to_string()));
+        }
     }
     // Boxed: the wait's states would otherwise size every request's future.
-    Box::pin(queued(entry, ctx, tried, priority)).await
+    Box::pin(queued(entry, ctx, tried, priority, (seat, held))).await
 }
 
 /// The request header that asks for a queue class.
@@ -79,9 +87,11 @@ async fn queued(
     ctx: &PickCtx<'_>,
     tried: &[usize],
     priority: Priority,
+    (seat, held): (Option<Seat>, bool),
 ) -> Result<Admitted, ProxyError> {
     let pool = &entry.pool;
     let q = entry.queue_cfg;
+    let over = seat.as_ref().is_some_and(Seat::full);
     let accepts = pool.queue_filter(ctx);
     let deadline = Instant::now() + q.timeout;
     loop {
@@ -93,12 +103,23 @@ async fn queued(
                 left,
                 accepts.clone(),
                 (priority, q.max_wait_low),
-                || pick(entry, ctx, tried),
+                (seat.clone(), held),
+                // Held back by its share, it waits for a hand-off rather than a free slot.
+                || (!held).then(|| pick(entry, ctx, tried)).flatten(),
             )
             .await;
         let slot = match waited {
-            Ok(Waited::Found(a)) => return Ok(a),
+            Ok(Waited::Found(mut a)) => {
+                a.slot.charge(seat.as_ref());
+                return Ok(a);
+            }
             Ok(Waited::Handed(slot)) => slot,
+            Err(Rejected::Full) if over => {
+                if !held {
+                    entry.queue.tenants.limited();
+                }
+                return Err(ProxyError::TenantLimit(pool.name.to_string()));
+            }
             Err(Rejected::Full) => return Err(ProxyError::QueueFull(pool.name.to_string())),
             Err(Rejected::Timeout) => return Err(ProxyError::QueueTimeout(pool.name.to_string())),
         };

@@ -240,7 +240,7 @@ pub async fn serve(
                         ..CacheStatus::fwd(why)
                     });
                     x.via = true;
-                    Ok(upstream(fetched, inflight))
+                    Ok(upstream(*fetched, inflight))
                 }
                 Got::Failed(e) => {
                     rc.count(CacheResult::Miss);

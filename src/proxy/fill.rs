@@ -34,7 +34,7 @@ pub enum Got {
     /// A complete stored response (revalidated, or stale for an error).
     Entry(Arc<Entry>, Served),
     /// A response that is not stored, for this client only.
-    Own(Fetched),
+    Own(Box<Fetched>),
     /// The fetch failed and no stale response may stand in.
     Failed(ProxyError),
 }
@@ -344,11 +344,11 @@ pub async fn run(job: FillJob) {
             report(
                 tried,
                 set_cookie,
-                Got::Own(Fetched {
+                Got::Own(Box::new(Fetched {
                     resp,
                     slot,
                     set_cookie: None,
-                }),
+                })),
             );
         }
     }

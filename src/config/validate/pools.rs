@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{protection, strategies, transport, Errors, MAX_WEIGHT};
 use crate::config::discovery::{parse_host_port, DiscoveryConfig, NamedBackend};
 use crate::config::raw::{RawPool, StrategyKind};
-use crate::config::{BackendConfig, PoolConfig, QueueConfig, Timeouts};
+use crate::config::{BackendConfig, PoolConfig, QueueConfig, TenantConfig, Timeouts};
 
 pub(super) fn validate(
     e: &mut Errors<'_>,
@@ -222,6 +222,25 @@ pub(super) fn validate(
                 .min(timeout),
         }
     };
+    let tenant = p.tenant.as_ref().and_then(|t| {
+        let tp = format!("{pp}.tenant");
+        let key = super::routes::key(e, &format!("{tp}.key"), Some(&t.key));
+        let max_share = e.percent(&format!("{tp}.max_share"), Some(&t.max_share), 1.0);
+        if max_share <= 0.0 {
+            e.push(format!("{tp}.max_share"), "must be more than 0%");
+        }
+        let uncapped = pool_cap.is_none() && p.backends.iter().any(|b| b.max_connections.is_none());
+        if uncapped {
+            e.push(
+                tp.clone(),
+                "needs max_connections (on the pool or every backend): a share is of the pool's slots",
+            );
+        }
+        Some(TenantConfig {
+            key: key?,
+            max_share,
+        })
+    });
     PoolConfig {
         name: name.to_owned(),
         strategy: p.strategy,
@@ -234,6 +253,7 @@ pub(super) fn validate(
         breaker,
         retry,
         queue,
+        tenant,
         max_idle_per_backend: e
             .count(
                 &format!("{pp}.max_idle_per_backend"),

@@ -101,8 +101,9 @@ pub(super) fn validate(
     routes
 }
 
-fn rate_limit(e: &mut Errors<'_>, lp: &str, r: &RawRateLimit) -> Option<RateLimitConfig> {
-    let key = match r.key.as_deref().map(str::trim) {
+/// A rate-limit or tenant key: `client_ip` (the default) or `header:NAME`.
+pub(super) fn key(e: &mut Errors<'_>, path: &str, k: Option<&str>) -> Option<RateKey> {
+    match k.map(str::trim) {
         None | Some("client_ip") => Some(RateKey::ClientIp),
         Some(k) => match k
             .strip_prefix("header:")
@@ -111,13 +112,17 @@ fn rate_limit(e: &mut Errors<'_>, lp: &str, r: &RawRateLimit) -> Option<RateLimi
             Some(Ok(n)) => Some(RateKey::Header(n)),
             _ => {
                 e.push(
-                    format!("{lp}.key"),
+                    path,
                     format!("invalid key {k:?}; write client_ip or header:NAME"),
                 );
                 None
             }
         },
-    };
+    }
+}
+
+fn rate_limit(e: &mut Errors<'_>, lp: &str, r: &RawRateLimit) -> Option<RateLimitConfig> {
+    let key = key(e, &format!("{lp}.key"), r.key.as_deref());
     let per_second = r.rate.trim().split_once('/').and_then(|(n, unit)| {
         let n = n
             .trim()
