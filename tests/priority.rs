@@ -7,34 +7,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use common::queueing::recording_backend;
 use common::*;
-use http::Response;
-
-/// A backend that records each request's path in arrival order; `/hold` streams a first
-/// piece and ends on `release`.
-async fn recording_backend(
-    seen: Arc<Mutex<Vec<String>>>,
-    release: Arc<tokio::sync::Notify>,
-) -> Backend {
-    spawn_backend(move |req| {
-        let (seen, r) = (Arc::clone(&seen), Arc::clone(&release));
-        let path = req.uri().path().to_owned();
-        Box::pin(async move {
-            if path == "/hold" {
-                let (tx, body) = channel_body();
-                tokio::spawn(async move {
-                    tx.send(Bytes::from("held")).await.ok();
-                    r.notified().await;
-                });
-                return Response::new(body);
-            }
-            seen.lock().unwrap().push(path);
-            Response::new(full("ok"))
-        })
-    })
-    .await
-}
 
 fn config(backend: std::net::SocketAddr, trusted: &str) -> String {
     format!(
@@ -79,8 +53,7 @@ async fn enqueue(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn high_waiters_are_served_before_low_ones_in_arrival_order() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let release = Arc::new(tokio::sync::Notify::new());
-    let backend = recording_backend(Arc::clone(&seen), Arc::clone(&release)).await;
+    let backend = recording_backend(Arc::clone(&seen)).await;
     let proxy = spawn_proxy(&config(backend.addr, ""));
     let held = open_stream(&proxy.url("public", "/hold")).await;
 
@@ -93,7 +66,6 @@ async fn high_waiters_are_served_before_low_ones_in_arrival_order() {
         "all wait behind the held slot"
     );
 
-    release.notify_one();
     drop(held);
     for t in tasks {
         assert_eq!(t.await.expect("request"), 200);
@@ -111,8 +83,7 @@ async fn high_waiters_are_served_before_low_ones_in_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_may_lower_its_class_but_raise_it_only_from_a_trusted_proxy() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let release = Arc::new(tokio::sync::Notify::new());
-    let backend = recording_backend(Arc::clone(&seen), Arc::clone(&release)).await;
+    let backend = recording_backend(Arc::clone(&seen)).await;
     let proxy = spawn_proxy(&config(backend.addr, ""));
     let held = open_stream(&proxy.url("public", "/hold")).await;
     // An interactive request that asks to be low waits as low; a batch one that asks to be
@@ -134,7 +105,6 @@ async fn a_request_may_lower_its_class_but_raise_it_only_from_a_trusted_proxy() 
         .await,
     );
     assert_eq!(depth(&proxy, "high").await, 0);
-    release.notify_one();
     drop(held);
     for t in tasks {
         assert_eq!(t.await.expect("request"), 200);
@@ -143,8 +113,7 @@ async fn a_request_may_lower_its_class_but_raise_it_only_from_a_trusted_proxy() 
 
     // From a trusted proxy, the header may raise the class.
     let seen2 = Arc::new(Mutex::new(Vec::new()));
-    let release2 = Arc::new(tokio::sync::Notify::new());
-    let backend2 = recording_backend(Arc::clone(&seen2), Arc::clone(&release2)).await;
+    let backend2 = recording_backend(Arc::clone(&seen2)).await;
     let proxy = spawn_proxy(&config(backend2.addr, "trusted_proxies: [127.0.0.0/8]\n"));
     let held = open_stream(&proxy.url("public", "/hold")).await;
     let tasks = enqueue(
@@ -154,7 +123,6 @@ async fn a_request_may_lower_its_class_but_raise_it_only_from_a_trusted_proxy() 
         "high",
     )
     .await;
-    release2.notify_one();
     drop(held);
     for t in tasks {
         assert_eq!(t.await.expect("request"), 200);

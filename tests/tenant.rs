@@ -6,32 +6,10 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use common::queueing::recording_backend;
 use common::*;
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
-
-/// A backend that records each request's path; `/hold` streams a first piece and stays open
-/// until the client goes away.
-async fn recording_backend(seen: Arc<Mutex<Vec<String>>>) -> Backend {
-    spawn_backend(move |req| {
-        let seen = Arc::clone(&seen);
-        let path = req.uri().path().to_owned();
-        Box::pin(async move {
-            if path == "/hold" {
-                let (tx, body) = channel_body();
-                tokio::spawn(async move {
-                    tx.send(Bytes::from("held")).await.ok();
-                    tx.closed().await;
-                });
-                return Response::new(body);
-            }
-            seen.lock().unwrap().push(path);
-            Response::new(full("ok"))
-        })
-    })
-    .await
-}
 
 /// Opens `/hold` as `tenant`; the slot is held until the body is dropped.
 async fn hold(proxy: &Proxy, tenant: &str) -> Incoming {

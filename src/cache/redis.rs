@@ -118,6 +118,21 @@ fn variant_field(sel: &[Selecting]) -> String {
     format!("v:{:032x}", h.digest128())
 }
 
+/// A client of the Redis at `cfg` and a connection manager that connects on first use (Redis
+/// may be down at start) and again after failures; every call is bounded by `cfg.timeout`.
+pub fn connect_lazily(cfg: &RedisConfig) -> Result<(Client, ConnectionManager), String> {
+    let client = Client::open(cfg.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
+    let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.timeout))
+        .set_response_timeout(Some(cfg.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    let conn = client
+        .get_connection_manager_lazy(mgr_cfg)
+        .map_err(|e| format!("cache.redis: {e}"))?;
+    Ok((client, conn))
+}
+
 impl RedisTier {
     /// Connects lazily (Redis may be down at start) and starts the writer. `apply` receives
     /// the invalidations other instances publish.
@@ -125,15 +140,7 @@ impl RedisTier {
         cfg: &RedisConfig,
         apply: impl Fn(Invalidation) + Send + Sync + 'static,
     ) -> Result<Arc<Self>, String> {
-        let client = Client::open(cfg.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
-        let mgr_cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_lazy(mgr_cfg)
-            .map_err(|e| format!("cache.redis: {e}"))?;
+        let (client, conn) = connect_lazily(cfg)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let op = |o: Op| metrics::counter!(CACHE_REDIS_ERRORS_TOTAL, "op" => o.label());
         let tier = Arc::new(RedisTier {

@@ -66,16 +66,7 @@ impl Global {
         cfg: &RateLimitConfig,
         redis: &RedisConfig,
     ) -> Result<Arc<Self>, String> {
-        let client =
-            redis::Client::open(redis.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
-        let mgr = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis.timeout))
-            .set_response_timeout(Some(redis.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_lazy(mgr)
-            .map_err(|e| format!("cache.redis: {e}"))?;
+        let (_, conn) = crate::cache::redis::connect_lazily(redis)?;
         let g = Arc::new(Global {
             cfg: cfg.clone(),
             prefix: format!("{}:rl:{route}:", redis.key_prefix),

@@ -7,6 +7,7 @@ pub mod grpc;
 mod load;
 pub mod pki;
 mod poll;
+pub mod queueing;
 pub mod ws;
 
 #[allow(unused_imports)] // not every test binary polls or loads
