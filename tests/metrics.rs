@@ -15,7 +15,7 @@ use common::*;
 async fn every_metric_has_help_and_promtool_is_clean() {
     let b = named_backend("b").await;
     // Enough features on that their series exist: health checks, breaker, retries, a queue,
-    // a rate limit, affinity.
+    // a rate limit, affinity, tenant shares.
     let yaml = format!(
         "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n\
          routes:\n  - name: all\n    pool: p\n    rate_limit: {{ rate: 1000/s }}\n\
@@ -24,6 +24,7 @@ async fn every_metric_has_help_and_promtool_is_clean() {
          pools:\n  p:\n    strategy: affinity\n    affinity: {{ key: header:x-session }}\n\
          \x20   health_check: {{ path: /, interval: 200ms }}\n    circuit_breaker: {{ consecutive_failures: 5 }}\n\
          \x20   retry: {{ attempts: 2 }}\n    max_connections: 10\n\
+         \x20   tenant: {{ key: header:x-session, max_share: 50% }}\n\
          \x20   backends: [{{ address: {} }}]\n\
          \x20 f: {{ retry: {{ attempts: 2 }}, backends: [{{ address: {} }}, {{ address: {} }}] }}\n",
         b.addr,
@@ -53,6 +54,8 @@ async fn every_metric_has_help_and_promtool_is_clean() {
         "sandgate_backend_healthy",
         "sandgate_queue_depth",
         "sandgate_affinity_total",
+        "sandgate_tenant_limited_total",
+        "sandgate_rate_limited_total",
     ] {
         assert!(typed.contains(want), "{want} missing from:\n{text}");
     }
