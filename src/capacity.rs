@@ -162,15 +162,6 @@ fn inflight(p: &PoolEntry) -> u64 {
     p.pool.backends.iter().map(|b| b.state.inflight()).sum()
 }
 
-/// The pool's slots: the sum of its backends' caps, or None when one has no cap.
-fn slots(p: &PoolEntry) -> Option<u64> {
-    p.pool
-        .backends
-        .iter()
-        .map(|b| (b.max_connections > 0).then_some(u64::from(b.max_connections)))
-        .sum()
-}
-
 impl Tracker {
     /// Samples every pool of `snap` (see [`SAMPLE_EVERY`]); once a second it also sets the
     /// pools' gauges.
@@ -259,7 +250,7 @@ fn pool_report(p: &PoolEntry, h: &History, target: f64, now: Instant) -> Value {
         _ => (0.0, 0.0, None, None, None),
     };
     let backends = p.pool.backends.len();
-    let slots = slots(p);
+    let slots = p.pool.slots();
     // Little's law: the concurrency the traffic needs.
     let load = rate * mean_ms.unwrap_or(0.0) / 1000.0;
     let utilisation = slots.filter(|s| *s > 0).map(|s| load / s as f64);

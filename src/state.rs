@@ -313,14 +313,15 @@ impl Snapshot {
                     )
                 })
                 .collect::<Vec<_>>();
+            let pool = Pool::new(pc, backends);
             // A tenant's share of the pool's slots, at least one.
             let tenant = pc.tenant.clone().map(|t| {
-                let slots: u64 = backends.iter().map(|b| u64::from(b.max_connections)).sum();
-                let share = (slots as f64 * t.max_share).floor().max(1.0);
+                let slots = pool.slots().unwrap_or(0) as f64;
+                let share = (slots * t.max_share).floor().max(1.0);
                 (t, share.min(f64::from(u32::MAX)) as u32)
             });
             pools.push(PoolEntry {
-                pool: Pool::new(pc, backends),
+                pool,
                 health: pc.health.clone().map(Arc::new),
                 retry: pc.retry.clone(),
                 queue_cfg: pc.queue,

@@ -200,6 +200,14 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The pool's slots: the sum of its backends' caps, or None when one has no cap.
+    pub fn slots(&self) -> Option<u64> {
+        self.backends
+            .iter()
+            .map(|b| (b.max_connections > 0).then_some(u64::from(b.max_connections)))
+            .sum()
+    }
+
     /// A pool over `backends` configured by `cfg`.
     pub fn new(cfg: &PoolConfig, backends: Vec<Backend>) -> Self {
         let members: Box<[u32]> = (0..backends.len() as u32).collect();
