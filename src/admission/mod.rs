@@ -265,23 +265,28 @@ impl WaitQueue {
                 q.retain(|w| !w.tx.is_closed());
                 // The queue is in arrival order: the first of the best rank wins.
                 let mut best: Option<(usize, (bool, Priority))> = None;
+                // Whether a waiter at its tenant's share was passed over.
+                let mut passed_full = false;
                 for (i, w) in q.iter().enumerate() {
+                    if !w.takes(&addr) {
+                        continue;
+                    }
                     let rank = (w.seat.as_ref().is_some_and(Seat::full), w.class_at(now));
-                    if w.takes(&addr) && best.is_none_or(|(_, b)| rank < b) {
+                    passed_full |= rank.0;
+                    if best.is_none_or(|(_, b)| rank < b) {
                         best = Some((i, rank));
                         if rank == (false, Priority::High) {
                             break;
                         }
                     }
                 }
-                if let Some((chosen, (false, class))) = best {
+                if let (true, Some((chosen, (false, class)))) = (passed_full, best) {
                     // Waiters this slot would have gone to but for their tenant's share.
                     for w in q.iter_mut().take(chosen) {
-                        if !w.held && w.takes(&addr) && w.class_at(now) <= class {
-                            w.held = w.seat.as_ref().is_some_and(Seat::full);
-                            if w.held {
-                                self.tenants.limited();
-                            }
+                        let full = w.seat.as_ref().is_some_and(Seat::full);
+                        if full && !w.held && w.takes(&addr) && w.class_at(now) <= class {
+                            w.held = true;
+                            self.tenants.limited();
                         }
                     }
                 }
