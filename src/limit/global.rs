@@ -119,19 +119,14 @@ impl Global {
             s.pending += 1;
         }
         let current = s.current + s.pending as f64;
-        let mut d = window_decision(
+        window_decision(
             allowed,
             limit,
             s.previous,
             current,
             s.fraction,
             self.cfg.window,
-        );
-        if !allowed {
-            // The share refills at the next reconcile, and the fleet may have room by then.
-            d.retry_after = d.retry_after.max(1);
-        }
-        d
+        )
     }
 
     /// One reconcile: send what was spent, read the fleet's counts, take new shares.
