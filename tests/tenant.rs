@@ -22,6 +22,18 @@ async fn hold(proxy: &Proxy, tenant: &str) -> Incoming {
     body
 }
 
+/// Pool `p`: 2 slots, a queue of `queue_max`, and tenants by `X-Tenant` with half the slots
+/// each.
+fn config(backend: std::net::SocketAddr, queue_max: usize) -> String {
+    format!(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n\
+         routes:\n  - {{ name: api, pool: p }}\n\
+         pools:\n  p:\n    max_connections: 2\n    queue: {{ max: {queue_max}, timeout: 20s }}\n\
+         \x20   tenant: {{ key: 'header:X-Tenant', max_share: 50% }}\n\
+         \x20   backends: [{{ address: {backend} }}]\n"
+    )
+}
+
 async fn depth(proxy: &Proxy) -> u64 {
     let c = get(&proxy.admin_url("/admin/capacity")).await.json();
     c["pools"][0]["queue_depth"].as_u64().unwrap_or(0)
@@ -36,14 +48,7 @@ fn send(proxy: &Proxy, path: &str, tenant: &'static str) -> tokio::task::JoinHan
 async fn a_tenant_at_its_share_waits_behind_others_and_is_refused_when_the_queue_is_full() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let backend = recording_backend(Arc::clone(&seen)).await;
-    let proxy = spawn_proxy(&format!(
-        "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n\
-         routes:\n  - {{ name: api, pool: p }}\n\
-         pools:\n  p:\n    max_connections: 2\n    queue: {{ max: 2, timeout: 20s }}\n\
-         \x20   tenant: {{ key: 'header:X-Tenant', max_share: 50% }}\n\
-         \x20   backends: [{{ address: {} }}]\n",
-        backend.addr
-    ));
+    let proxy = spawn_proxy(&config(backend.addr, 2));
     // With nobody waiting, tenant a may take both slots.
     let a1 = hold(&proxy, "a").await;
     let a2 = hold(&proxy, "a").await;
@@ -80,14 +85,7 @@ async fn a_tenant_at_its_share_waits_behind_others_and_is_refused_when_the_queue
 async fn a_younger_waiter_of_another_tenant_goes_before_a_tenant_at_its_share() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let backend = recording_backend(Arc::clone(&seen)).await;
-    let proxy = spawn_proxy(&format!(
-        "listeners:\n  - name: public\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n\
-         routes:\n  - {{ name: api, pool: p }}\n\
-         pools:\n  p:\n    max_connections: 2\n    queue: {{ max: 10, timeout: 20s }}\n\
-         \x20   tenant: {{ key: 'header:X-Tenant', max_share: 50% }}\n\
-         \x20   backends: [{{ address: {} }}]\n",
-        backend.addr
-    ));
+    let proxy = spawn_proxy(&config(backend.addr, 10));
     // a holds one slot, b the other; a's waiter comes first, then b's and c's.
     let a1 = hold(&proxy, "a").await;
     let b1 = hold(&proxy, "b").await;
