@@ -17,7 +17,20 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// The value sandgate adds to `Via`.
 pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 sandgate");
 
-/// Whether `n` is one of the fixed hop-by-hop headers of RFC 9110 section 7.6.1.
+/// The fixed hop-by-hop headers of RFC 9110 section 7.6.1 (and the old `Keep-Alive` and
+/// `Proxy-Connection`).
+const FIXED_HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `n` is one of the fixed hop-by-hop headers.
 fn hop_by_hop(n: &HeaderName) -> bool {
     *n == header::CONNECTION
         || *n == KEEP_ALIVE
@@ -30,42 +43,69 @@ fn hop_by_hop(n: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers: the fixed set of RFC 9110 section 7.6.1 and any header named in
-/// `Connection`. One pass over the names finds out whether there is anything to remove, so
-/// the common case (nothing) does no lookup.
+/// `Connection`. One pass over the names finds the ones to remove, so each is looked up once
+/// and the common case (nothing, or only `Connection`) costs one removal at most.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(hop_by_hop) {
-        return;
-    }
-    // `TE: trailers` says the client takes trailers (gRPC needs it to reach the backend);
-    // it is kept, whatever else TE held. `Trailer` is not hop-by-hop (RFC 9110 section 6.6.2).
-    let trailers = has_token(h, &header::TE, "trailers");
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
+    // Names to remove, gathered before any is removed (the map cannot change while its names
+    // are walked); more than fit are taken in another round. `Connection` itself goes last,
+    // as the later rounds read it.
+    const BATCH: usize = 12;
+    let listed = h.contains_key(header::CONNECTION);
+    // Whether `Connection` names anything beyond `close` and the fixed set: only then is every
+    // name checked against it.
+    let extra = listed
+        && connection_tokens(h).any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !FIXED_HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))
+        });
+    loop {
+        let mut doomed: [Option<HeaderName>; BATCH] = [const { None }; BATCH];
+        let mut n = 0;
+        for name in h.keys() {
+            if *name == header::CONNECTION {
+                continue;
+            }
+            if hop_by_hop(name) || (extra && named_in_connection(h, name)) {
+                doomed[n] = Some(name.clone());
+                n += 1;
+                if n == BATCH {
+                    break;
+                }
+            }
         }
+        for name in doomed.iter().flatten() {
+            // `TE: trailers` says the client takes trailers (gRPC needs it to reach the
+            // backend); it is kept, whatever else TE held. `Trailer` is not hop-by-hop (RFC
+            // 9110 section 6.6.2).
+            let trailers = *name == header::TE && has_token(h, &header::TE, "trailers");
+            h.remove(name);
+            if trailers {
+                h.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+        }
+        if n < BATCH {
+            break;
+        }
+    }
+    if listed {
         h.remove(header::CONNECTION);
     }
-    for n in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        h.remove(n);
-    }
-    if trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+}
+
+/// The tokens `Connection` lists, trimmed.
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Whether `Connection` lists `name` (which is lower case, as every `HeaderName`).
+fn named_in_connection(h: &HeaderMap, name: &HeaderName) -> bool {
+    // `TE: trailers` survives being listed too: it is handled as part of the fixed set.
+    connection_tokens(h).any(|t| t.eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Whether a comma-separated header `name` holds `token` (ASCII case-insensitive; for
@@ -113,23 +153,38 @@ pub fn add_forwarded(
     trusted: Option<&[ipnet::IpNet]>,
 ) {
     let believed = trusted.is_none_or(|t| trusted_peer(&peer, t));
-    let mut xff = String::with_capacity(64);
-    if believed {
-        for v in h.get_all(&X_FORWARDED_FOR) {
-            let Ok(v) = v.to_str() else { continue };
-            let v = v.trim().trim_matches(',').trim();
-            if !v.is_empty() {
-                xff.push_str(v);
-                xff.push_str(", ");
-            }
-        }
+    let mut ip = [0u8; 15];
+    let peer_text: &[u8] = match peer {
+        IpAddr::V4(v4) => ipv4_text(v4, &mut ip),
+        IpAddr::V6(_) => &[],
+    };
+    let before = if believed {
+        h.get_all(&X_FORWARDED_FOR).iter().count()
     } else {
         h.remove(header::FORWARDED);
-    }
-    // Writing to a String cannot fail.
-    let _ = write!(xff, "{peer}");
-    // From a String the header value takes the buffer over instead of copying it.
-    if let Ok(v) = HeaderValue::try_from(xff) {
+        0
+    };
+    let value = if before == 0 && !peer_text.is_empty() {
+        // The common case: the client is the first hop, and its address is the whole value.
+        HeaderValue::from_bytes(peer_text).ok()
+    } else {
+        let mut xff = String::with_capacity(64);
+        if believed {
+            for v in h.get_all(&X_FORWARDED_FOR) {
+                let Ok(v) = v.to_str() else { continue };
+                let v = v.trim().trim_matches(',').trim();
+                if !v.is_empty() {
+                    xff.push_str(v);
+                    xff.push_str(", ");
+                }
+            }
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(xff, "{peer}");
+        // From a String the header value takes the buffer over instead of copying it.
+        HeaderValue::try_from(xff).ok()
+    };
+    if let Some(v) = value {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(
@@ -145,6 +200,28 @@ pub fn add_forwarded(
         }
     }
     h.append(header::VIA, VIA_VALUE.clone());
+}
+
+/// `a.b.c.d` in `buf`, without the formatting machinery (this runs for every request).
+fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &[u8] {
+    let mut n = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    &buf[..n]
 }
 
 /// A fresh request id: 32 lower-case hex digits from a fast non-cryptographic generator
@@ -190,6 +267,55 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.30.4",
+            "255.255.255.255",
+            "1.20.100.9",
+        ] {
+            let a: std::net::Ipv4Addr = ip.parse().unwrap();
+            let mut buf = [0u8; 15];
+            assert_eq!(ipv4_text(a, &mut buf), a.to_string().as_bytes());
+        }
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::1".parse().unwrap(), true, None, None);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "192.168.10.200".parse().unwrap(), true, None, None);
+        assert_eq!(h["x-forwarded-for"], "192.168.10.200");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn many_listed_names_and_te_trailers() {
+        let mut h = HeaderMap::new();
+        let names: Vec<String> = (0..30).map(|i| format!("x-hop-{i}")).collect();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_str(&names.join(", ")).unwrap(),
+        );
+        for n in &names {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["te"], "trailers");
+        assert!(h.contains_key("x-keep"));
+        let mut no_trailers = HeaderMap::new();
+        no_trailers.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut no_trailers);
+        assert!(no_trailers.is_empty());
     }
 
     #[test]

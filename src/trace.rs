@@ -77,11 +77,12 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2], u64)> {
 
 /// Sets the request's `traceparent` for the next hop and returns the trace id, if any.
 pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
-    let incoming = match h.get_all(&TRACEPARENT).iter().count() {
-        0 => None,
+    let mut lines = h.get_all(&TRACEPARENT).iter();
+    let incoming = match (lines.next(), lines.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(parse(v.as_bytes())),
         // Two traceparent lines are as good as an invalid one.
-        1 => h.get(&TRACEPARENT).map(|v| parse(v.as_bytes())),
-        _ => Some(None),
+        (Some(_), Some(_)) => Some(None),
     };
     let (trace, flags, parent) = match incoming {
         Some(Some(found)) => found,
