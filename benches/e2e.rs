@@ -60,7 +60,7 @@ fn sandgate(dir: &Path, name: &'static str, origin: u16, log: bool) -> Option<Ta
     let port = free_port();
     let cfg = dir.join(format!("{name}.yaml"));
     std::fs::write(&cfg, tools::sandgate_conf(port, origin)).ok()?;
-    let mut cmd = limited(env!("CARGO_BIN_EXE_sandgate"), Some(0));
+    let mut cmd = limited(support::sandgate_bin(), Some(0));
     cmd.arg("run").arg("-c").arg(&cfg).stdout(Stdio::null());
     if log {
         let file = std::fs::File::create(dir.join("access.log")).ok()?;

@@ -51,7 +51,7 @@ fn orchestrate() {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+    let mut child = Command::new(support::sandgate_bin())
         .args(["--log-format", "json", "run", "-c"])
         .arg(&cfg)
         .env("RUST_LOG", "info")

@@ -159,12 +159,7 @@ fn orchestrate() {
     let cfg = dir.path().join("sandgate.yaml");
     std::fs::write(&cfg, sandgate_ws_conf(port, origin)).expect("config");
     let args = ["run".to_owned(), "-c".to_owned(), cfg.display().to_string()];
-    targets.extend(start(
-        "sandgate",
-        env!("CARGO_BIN_EXE_sandgate"),
-        &args,
-        port,
-    ));
+    targets.extend(start("sandgate", support::sandgate_bin(), &args, port));
     match which("nginx") {
         Some(bin) => {
             let port = free_port();

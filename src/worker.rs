@@ -34,6 +34,11 @@ pub fn enter(i: usize) {
     INDEX.with(|c| c.set(i));
 }
 
+/// The accept queue of each listening socket, as `Backlog=` in `systemd/sandgate.socket`; the
+/// kernel caps it at `net.core.somaxconn`. A spike of new connections beyond it has its
+/// handshakes dropped and retried by the clients a second later.
+const BACKLOG: u32 = 4096;
+
 /// `n` listening sockets on `addr`, all bound with `SO_REUSEPORT` (the kernel spreads new
 /// connections over them), non-blocking, for `tokio::net::TcpListener::from_std`. With
 /// port 0 the first socket picks the port and the others join it.
@@ -51,7 +56,7 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
             socket.set_reuseport(true)?;
         }
         socket.bind(at)?;
-        let l = socket.listen(1024)?;
+        let l = socket.listen(BACKLOG)?;
         at = l.local_addr()?;
         out.push(l.into_std()?);
     }

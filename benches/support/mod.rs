@@ -30,6 +30,36 @@ impl Drop for Proc {
     }
 }
 
+/// The sandgate binary the benchmarks measure: a plain `cargo build --release`, in
+/// `target/bench-bin` (built on first use), or `SANDGATE_BENCH_BIN` when set. Not the copy
+/// `cargo bench` builds beside the benchmarks: that one has the dev-dependencies' features on,
+/// and tokio's `test-util` puts a mutex in every clock read and timer, which no deployed
+/// sandgate has.
+pub fn sandgate_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("SANDGATE_BENCH_BIN") {
+            return p;
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target").join("bench-bin");
+        println!(
+            "building the release binary to measure in {}",
+            dir.display()
+        );
+        let built = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "--release", "--bin", "sandgate", "--target-dir"])
+            .arg(&dir)
+            .current_dir(root)
+            .stdout(Stdio::null())
+            .status();
+        match built {
+            Ok(s) if s.success() => dir.join("release").join("sandgate").display().to_string(),
+            other => panic!("cannot build the release binary to measure: {other:?}"),
+        }
+    })
+}
+
 /// A single-threaded runtime.
 pub fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -177,7 +207,7 @@ pub fn spawn_sandgate_on(dir: &std::path::Path, yaml: &str, port: u16, cpu: Opti
     let cfg = dir.join("sandgate.yaml");
     std::fs::write(&cfg, yaml).expect("write config");
     let p = Proc(
-        load::pinned(env!("CARGO_BIN_EXE_sandgate"), cpu)
+        load::pinned(sandgate_bin(), cpu)
             .args(["run", "-c"])
             .arg(&cfg)
             .env("RUST_LOG", "warn")
