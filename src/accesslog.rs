@@ -137,22 +137,83 @@ pub fn flush() {
     out.clear();
 }
 
+thread_local! {
+    /// The second last written, and its `2026-12-01T10:00:00` text: a busy log formats the
+    /// date once a second, not once a line.
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
 /// `2026-12-01T10:00:00.123456Z`, as the other log lines have it.
 fn timestamp(out: &mut Vec<u8>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil(days as i64);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        now.subsec_micros()
-    );
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil(days as i64);
+            text.clear();
+            // Writing to a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(
+                text,
+                format_args!(
+                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+                    rem / 3600,
+                    rem / 60 % 60,
+                    rem % 60
+                ),
+            );
+            *at = secs;
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+    out.push(b'.');
+    digits(out, u64::from(now.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// `v` in decimal, zero-padded to `width` digits.
+fn digits(out: &mut Vec<u8>, v: u64, width: usize) {
+    let mut b = itoa::Buffer::new();
+    let s = b.format(v);
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(s.len())));
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `v` in decimal.
+fn number(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Milliseconds to the microsecond, without trailing zeros (`1.25`, `3`, `0.007`).
+fn millis(out: &mut Vec<u8>, ms: f64) {
+    // `as` saturates: NaN becomes 0, and a negative or huge value its bound.
+    let us = (ms * 1000.0).round().max(0.0) as u64;
+    number(out, us / 1000);
+    let mut frac = us % 1000;
+    if frac != 0 {
+        out.push(b'.');
+        let mut width = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        digits(out, frac, width);
+    }
+}
+
+/// The client's address, IPv4 without the formatter.
+fn client(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            out.extend_from_slice(crate::headers::ipv4_text(v4, &mut buf));
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 /// The calendar date of a day count since 1970-01-01 (proleptic Gregorian).
@@ -175,28 +236,48 @@ fn text(out: &mut Vec<u8>, r: &Record<'_>) {
     out.extend_from_slice(r.request_id.as_bytes());
     out.extend_from_slice(b" trace_id=");
     out.extend_from_slice(r.trace_id.as_bytes());
-    let _ = write!(out, " client={} listener=", r.client);
+    out.extend_from_slice(b" client=");
+    client(out, r.client);
+    out.extend_from_slice(b" listener=");
     out.extend_from_slice(r.listener.as_bytes());
     for (k, v) in [(" method=", r.method), (" path=", r.path)] {
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(v.as_bytes());
     }
-    let _ = write!(out, " status={} route=", r.status);
+    out.extend_from_slice(b" status=");
+    number(out, r.status);
+    out.extend_from_slice(b" route=");
     out.extend_from_slice(r.route.as_bytes());
     out.extend_from_slice(b" backend=");
     out.extend_from_slice(r.backend.as_bytes());
-    let _ = write!(out, " attempts={} decision=", r.attempts);
+    out.extend_from_slice(b" attempts=");
+    number(out, r.attempts);
+    out.extend_from_slice(b" decision=");
     out.extend_from_slice(r.decision.as_bytes());
     out.extend_from_slice(b" error=");
     out.extend_from_slice(r.error.as_bytes());
     // The detail is free text: quoted, as tracing writes a string with spaces.
-    let _ = write!(out, " detail={:?} duration_ms={}", r.detail, r.duration_ms);
+    // Printable ASCII without quotes or backslashes reads the same escaped: written as it is.
+    let plain = r
+        .detail
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.extend_from_slice(b" detail=\"");
+        out.extend_from_slice(r.detail.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, " detail={:?}", r.detail);
+    }
+    out.extend_from_slice(b" duration_ms=");
+    millis(out, r.duration_ms);
     if let Some(t) = &r.tunnel {
-        let _ = write!(
-            out,
-            " tunnel={} bytes_up={} bytes_down={}",
-            t.end, t.bytes_up, t.bytes_down
-        );
+        out.extend_from_slice(b" tunnel=");
+        out.extend_from_slice(t.end.as_bytes());
+        out.extend_from_slice(b" bytes_up=");
+        number(out, t.bytes_up);
+        out.extend_from_slice(b" bytes_down=");
+        number(out, t.bytes_down);
     }
     out.push(b'\n');
 }
@@ -205,36 +286,42 @@ fn json(out: &mut Vec<u8>, r: &Record<'_>) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
+    let key = |out: &mut Vec<u8>, k: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
     let string = |out: &mut Vec<u8>, k: &str, v: &str| {
-        let _ = write!(out, ",\"{k}\":");
+        key(out, k);
         // serde_json escapes what JSON needs escaped; writing to a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, v);
     };
     string(out, "request_id", r.request_id);
     string(out, "trace_id", r.trace_id);
-    let _ = write!(out, ",\"client\":\"{}\"", r.client);
+    key(out, "client");
+    out.push(b'"');
+    client(out, r.client);
+    out.push(b'"');
     string(out, "listener", r.listener);
     string(out, "method", r.method);
     string(out, "path", r.path);
-    let _ = write!(out, ",\"status\":{}", r.status);
+    key(out, "status");
+    number(out, r.status);
     string(out, "route", r.route);
     string(out, "backend", r.backend);
-    let _ = write!(out, ",\"attempts\":{}", r.attempts);
+    key(out, "attempts");
+    number(out, r.attempts);
     string(out, "decision", r.decision);
     string(out, "error", r.error);
     string(out, "detail", r.detail);
-    let ms = if r.duration_ms.is_finite() {
-        r.duration_ms
-    } else {
-        0.0
-    };
-    let _ = write!(out, ",\"duration_ms\":{ms}");
+    key(out, "duration_ms");
+    millis(out, r.duration_ms);
     if let Some(t) = &r.tunnel {
-        let _ = write!(
-            out,
-            ",\"tunnel\":\"{}\",\"bytes_up\":{},\"bytes_down\":{}",
-            t.end, t.bytes_up, t.bytes_down
-        );
+        string(out, "tunnel", t.end);
+        key(out, "bytes_up");
+        number(out, t.bytes_up);
+        key(out, "bytes_down");
+        number(out, t.bytes_down);
     }
     out.extend_from_slice(b",\"target\":\"sandgate::access\"}\n");
 }
@@ -294,6 +381,76 @@ mod tests {
         ));
         assert!(s.contains(" status=503 route=api backend=127.0.0.1:9 attempts=2 "));
         assert!(s.contains("detail=\"pool p: no usable backend\\n\" duration_ms=1.25\n"));
+    }
+
+    #[test]
+    fn numbers_without_the_formatter() {
+        let ms = |v: f64| {
+            let mut out = Vec::new();
+            millis(&mut out, v);
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert_eq!(ms(1.25), "1.25");
+        assert_eq!(ms(3.0), "3");
+        assert_eq!(ms(0.007), "0.007");
+        assert_eq!(ms(0.0004), "0");
+        assert_eq!(ms(12345.6789), "12345.679");
+        assert_eq!(ms(f64::NAN), "0");
+        assert_eq!(ms(-2.0), "0");
+        let mut out = Vec::new();
+        digits(&mut out, 42, 6);
+        assert_eq!(out, b"000042");
+        let mut r = record();
+        r.client = "2001:db8::1".parse().expect("ipv6");
+        r.detail = "";
+        r.tunnel = Some(TunnelLog {
+            bytes_up: 10,
+            bytes_down: 20,
+            end: "closed",
+        });
+        let mut out = Vec::new();
+        text(&mut out, &r);
+        let s = String::from_utf8(out).expect("utf-8");
+        assert!(s.contains(" client=2001:db8::1 "), "{s}");
+        assert!(
+            s.ends_with(" detail=\"\" duration_ms=1.25 tunnel=closed bytes_up=10 bytes_down=20\n"),
+            "{s}"
+        );
+        for detail in [
+            "-",
+            "connect refused (127.0.0.1:9)",
+            "a \"b\" \\ c",
+            "tab\there",
+            "é",
+        ] {
+            r.detail = detail;
+            let mut out = Vec::new();
+            text(&mut out, &r);
+            let s = String::from_utf8(out).expect("utf-8");
+            assert!(s.contains(&format!(" detail={detail:?} ")), "{s}");
+        }
+        let mut out = Vec::new();
+        json(&mut out, &r);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["client"], "2001:db8::1");
+        assert_eq!(v["tunnel"], "closed");
+        assert_eq!(v["bytes_down"], 20);
+    }
+
+    #[test]
+    fn timestamps_agree_with_the_clock() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+        let mut out = Vec::new();
+        timestamp(&mut out);
+        timestamp(&mut out);
+        let s = String::from_utf8(out).expect("utf-8");
+        let (a, b) = s.split_at(27);
+        assert!(a.ends_with('Z') && b.ends_with('Z'), "{s}");
+        let secs = before.as_secs();
+        let (y, m, d) = civil((secs / 86_400) as i64);
+        assert!(a.starts_with(&format!("{y:04}-{m:02}-{d:02}T")), "{a}");
+        // The cached second is reused for the second line.
+        assert!(b.starts_with(&a[..17]) || secs % 60 == 59, "{s}");
     }
 
     #[test]

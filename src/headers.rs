@@ -203,7 +203,7 @@ pub fn add_forwarded(
 }
 
 /// `a.b.c.d` in `buf`, without the formatting machinery (this runs for every request).
-fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &[u8] {
+pub fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &[u8] {
     let mut n = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
