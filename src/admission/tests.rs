@@ -25,6 +25,21 @@ fn handed(r: Result<Waited<()>, Rejected>) -> Result<Slot, Rejected> {
     }
 }
 
+/// A normal-class waiter for any backend, with a 5 s timeout, once it is in the queue.
+async fn queued_waiter(queue: &Arc<WaitQueue>) -> tokio::task::JoinHandle<Result<Slot, Rejected>> {
+    let q = Arc::clone(queue);
+    let waiter = tokio::spawn(async move {
+        handed(
+            q.wait(5, Duration::from_secs(5), None, NORMAL, (None, false), none)
+                .await,
+        )
+    });
+    while !queue.has_waiters() {
+        tokio::task::yield_now().await;
+    }
+    waiter
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slot_freed_while_joining_the_queue_is_found_at_once() {
     let (b, queue) = backend();
@@ -88,16 +103,7 @@ async fn a_slot_of_a_backend_whose_breaker_opened_is_not_handed_on() {
         crate::config::Outcome::ConnectError,
         std::time::Instant::now(),
     );
-    let q = Arc::clone(&queue);
-    let waiter = tokio::spawn(async move {
-        handed(
-            q.wait(5, Duration::from_secs(5), None, NORMAL, (None, false), none)
-                .await,
-        )
-    });
-    while !queue.has_waiters() {
-        tokio::task::yield_now().await;
-    }
+    let waiter = queued_waiter(&queue).await;
     drop(slot);
     assert_eq!(
         b.inflight(),
@@ -165,16 +171,7 @@ async fn a_freed_slot_goes_to_the_waiter_and_counts_stay_exact() {
     let (b, queue) = backend();
     let first = Slot::try_take(&b, 1, &queue).expect("free slot");
     assert!(Slot::try_take(&b, 1, &queue).is_none(), "cap 1");
-    let q = Arc::clone(&queue);
-    let waiter = tokio::spawn(async move {
-        handed(
-            q.wait(5, Duration::from_secs(5), None, NORMAL, (None, false), none)
-                .await,
-        )
-    });
-    while !queue.has_waiters() {
-        tokio::task::yield_now().await;
-    }
+    let waiter = queued_waiter(&queue).await;
     drop(first);
     let handed = waiter.await.unwrap().expect("the waiter got the slot");
     assert_eq!(b.inflight(), 1, "handed over, not released and retaken");
@@ -199,16 +196,7 @@ async fn a_departed_waiter_never_double_releases() {
         .await;
     assert!(r.is_err());
     // Another waiter that is still there.
-    let q2 = Arc::clone(&queue);
-    let waiter = tokio::spawn(async move {
-        handed(
-            q2.wait(5, Duration::from_secs(5), None, NORMAL, (None, false), none)
-                .await,
-        )
-    });
-    while !queue.has_waiters() {
-        tokio::task::yield_now().await;
-    }
+    let waiter = queued_waiter(&queue).await;
     drop(slot);
     let handed = waiter.await.unwrap().expect("the live waiter got the slot");
     assert_eq!(b.inflight(), 1);

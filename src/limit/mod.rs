@@ -283,21 +283,23 @@ mod tests {
         assert!(Key::header(&long) == Key::header(&long.clone()));
     }
 
+    /// A local limiter keyed by client address, over a 1 s window.
+    fn local_limiter(per_second: f64, burst: u32, algorithm: RateAlgorithm) -> RateLimiter {
+        let cfg = RateLimitConfig {
+            key: RateKey::ClientIp,
+            per_second,
+            window: 1.0,
+            burst,
+            max_keys: 10,
+            algorithm,
+            scope: RateScope::Local,
+        };
+        RateLimiter::new("r", cfg, None)
+    }
+
     #[test]
     fn token_bucket_refills_at_the_rate() {
-        let rl = RateLimiter::new(
-            "r",
-            RateLimitConfig {
-                key: RateKey::ClientIp,
-                per_second: 2.0,
-                window: 1.0,
-                burst: 3,
-                max_keys: 10,
-                algorithm: RateAlgorithm::TokenBucket,
-                scope: RateScope::Local,
-            },
-            None,
-        );
+        let rl = local_limiter(2.0, 3, RateAlgorithm::TokenBucket);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let h = HeaderMap::new();
         let t = Instant::now();
@@ -318,19 +320,7 @@ mod tests {
 
     #[test]
     fn sliding_window_weights_the_previous_window() {
-        let rl = RateLimiter::new(
-            "r",
-            RateLimitConfig {
-                key: RateKey::ClientIp,
-                per_second: 10.0,
-                window: 1.0,
-                burst: 10,
-                max_keys: 10,
-                algorithm: RateAlgorithm::SlidingWindow,
-                scope: RateScope::Local,
-            },
-            None,
-        );
+        let rl = local_limiter(10.0, 10, RateAlgorithm::SlidingWindow);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let h = HeaderMap::new();
         let t0 = rl.epoch + Duration::from_millis(100);
