@@ -333,7 +333,26 @@ where
 {
     // Only the plain auto connection honours its HTTP/2-only setting, and HTTP/2 has no
     // HTTP/1 upgrades anyway.
-    let conn = http2.serve_connection(TokioIo::new(io), svc);
+    let conn = http2.serve_connection(TokioIo::new(io), Boxed(svc));
     tokio::pin!(conn);
     conn::watch(conn, state, timers.keepalive, shutdown).await
+}
+
+/// A service whose calls are boxed. hyper's HTTP/2 server spawns each stream as a task that
+/// holds its service future, and moving a multi-KiB pipeline future into the task (several
+/// copies on the way) cost more than one allocation. HTTP/1 keeps the future in place: hyper
+/// holds it in a box of its own, reused for every request on the connection.
+struct Boxed<S>(S);
+
+impl<S, R> hyper::service::Service<R> for Boxed<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<S::Future>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        Box::pin(self.0.call(req))
+    }
 }
