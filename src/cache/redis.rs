@@ -82,8 +82,9 @@ pub struct RedisTier {
     /// While Redis is down, lookups probe it at most once per [`PROBE_EVERY`]: the time of
     /// the next probe, in milliseconds since `born`.
     next_probe: AtomicU64,
-    /// When the last call failed, in milliseconds since `born`.
-    last_failure: AtomicU64,
+    /// How many calls have failed so far. A call notes it when it starts, so that its success
+    /// can tell whether a failure came in between.
+    failures: AtomicU64,
     born: Instant,
     errors: [Counter; 5],
     dropped: Counter,
@@ -151,7 +152,7 @@ impl RedisTier {
             instance: format!("{:016x}", fastrand::u64(..)),
             up: AtomicBool::new(true),
             next_probe: AtomicU64::new(0),
-            last_failure: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             born: Instant::now(),
             errors: [
                 op(Op::Get),
@@ -190,19 +191,23 @@ impl RedisTier {
         u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A call that started at `started` (ms after `born`) succeeded. Only a call that started
+    /// The mark a call takes when it starts, for [`Self::ok`].
+    fn mark(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// A call that took `started` from [`Self::mark`] succeeded. Only a call that started
     /// after the last failure says Redis is back: one that was already on its way when Redis
     /// died proves nothing, and would make the state flap.
     fn ok(&self, started: u64) {
-        if started >= self.last_failure.load(Ordering::Relaxed)
-            && !self.up.swap(true, Ordering::Relaxed)
+        if started == self.failures.load(Ordering::SeqCst) && !self.up.swap(true, Ordering::Relaxed)
         {
             tracing::info!(url = %self.cfg.url, "redis available again");
         }
     }
 
     fn failed(&self, op: Op, err: &str) {
-        self.last_failure.store(self.now_ms(), Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::SeqCst);
         self.errors[op as usize].increment(1);
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(url = %self.cfg.url, op = op.label(), error = err, "redis unavailable; the cache serves from memory and backends");
@@ -216,7 +221,7 @@ impl RedisTier {
         limit: Duration,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
-        let started = self.now_ms();
+        let started = self.mark();
         match tokio::time::timeout(limit, f).await {
             Ok(Ok(v)) => {
                 self.ok(started);
@@ -239,7 +244,7 @@ impl RedisTier {
         if self.up.load(Ordering::Relaxed) {
             return true;
         }
-        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_ms();
         let next = self.next_probe.load(Ordering::Relaxed);
         now >= next
             && self
@@ -443,7 +448,7 @@ impl RedisTier {
     async fn subscriber(self: Arc<Self>, apply: impl Fn(Invalidation) + Send + Sync + 'static) {
         let channel = self.channel();
         loop {
-            let started = self.now_ms();
+            let started = self.mark();
             let connected = tokio::time::timeout(
                 self.cfg.timeout.max(Duration::from_secs(1)),
                 self.client.get_async_pubsub(),
