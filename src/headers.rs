@@ -239,11 +239,17 @@ pub fn new_request_id() -> HeaderValue {
 }
 
 /// The client's request id if it sent a usable one, else a fresh one.
+///
+/// It is marked sensitive, which HTTP/2 sends as a never-indexed literal (RFC 7541 section
+/// 6.2.3): an id is unique to one exchange, so entering it in the HPACK dynamic table would
+/// only evict fields that do repeat.
 pub fn request_id(h: &HeaderMap) -> HeaderValue {
-    match h.get(&X_REQUEST_ID) {
+    let mut id = match h.get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
         _ => new_request_id(),
-    }
+    };
+    id.set_sensitive(true);
+    id
 }
 
 #[cfg(test)]
@@ -383,5 +389,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc"));
         assert_eq!(request_id(&h), "abc");
+        assert!(request_id(&h).is_sensitive() && request_id(&HeaderMap::new()).is_sensitive());
     }
 }
