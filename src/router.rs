@@ -63,31 +63,41 @@ impl Route {
     }
 }
 
+/// A path with a `%` that does not start a `%XX` escape (RFC 3986 section 2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadEscape;
+
 /// Normalises a request path (RFC 3986 section 6.2.2): percent-encoded unreserved
 /// characters are decoded, `.` and `..` segments resolved (never above the root), and empty
-/// segments (`//`) merged. None when the path is already normal (the common case costs no
-/// allocation) or is not an absolute path (`*`).
-pub fn normalize_path(path: &str) -> Option<String> {
+/// segments (`//`) merged. `Ok(None)` when the path is already normal (the common case costs
+/// no allocation) or is not an absolute path (`*`). A `%` not followed by two hex digits is
+/// refused, as nginx does: decoding around it is ambiguous (`/%3%30` would become `/%30`, which
+/// a backend decodes again to `/0`), so no two readers could agree on the path.
+pub fn normalize_path(path: &str) -> Result<Option<String>, BadEscape> {
     if !path.starts_with('/') || !(path.contains("//") || path.contains("/.") || path.contains('%'))
     {
-        return None;
+        return Ok(None);
     }
     // Decode %XX for unreserved characters; everything else stays as it was sent.
     let b = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = (b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
-                .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
-                .flatten();
-            if let Some(c) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
-                    decoded.push(char::from(c));
-                    i += 3;
-                    continue;
-                }
+        if b[i] == b'%' {
+            let (Some(&hi), Some(&lo)) = (b.get(i + 1), b.get(i + 2)) else {
+                return Err(BadEscape);
+            };
+            let (Some(hi), Some(lo)) = (hex(hi), hex(lo)) else {
+                return Err(BadEscape);
+            };
+            let c = (hi << 4) | lo;
+            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                decoded.push(char::from(c));
+            } else {
+                decoded.push_str(&path[i..i + 3]);
             }
+            i += 3;
+            continue;
         }
         // Push the (possibly multi-byte) character at i.
         let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
@@ -120,7 +130,14 @@ pub fn normalize_path(path: &str) -> Option<String> {
     if trailing || out.is_empty() {
         n.push('/');
     }
-    (n != path).then_some(n)
+    Ok((n != path).then_some(n))
+}
+
+/// The value of one hex digit.
+fn hex(d: u8) -> Option<u8> {
+    char::from(d)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
 }
 
 impl Router {
@@ -244,7 +261,7 @@ mod tests {
 
     #[test]
     fn paths_are_normalised() {
-        let n = |p: &str| normalize_path(p).unwrap_or_else(|| p.to_owned());
+        let n = |p: &str| normalize_path(p).unwrap().unwrap_or_else(|| p.to_owned());
         assert_eq!(n("/v1/../admin"), "/admin");
         assert_eq!(n("/a//b/"), "/a/b/");
         assert_eq!(n("/a/./b/."), "/a/b/");
@@ -256,11 +273,26 @@ mod tests {
         assert_eq!(n("//"), "/");
         assert_eq!(n("/.hidden"), "/.hidden");
         assert_eq!(n("/é/../x"), "/x");
-        assert!(
-            normalize_path("/plain/path").is_none(),
+        assert_eq!(
+            normalize_path("/plain/path"),
+            Ok(None),
             "no allocation when normal"
         );
-        assert!(normalize_path("*").is_none());
+        assert_eq!(normalize_path("*"), Ok(None));
+        assert_eq!(
+            n("/a%2fb%3F"),
+            "/a%2fb%3F",
+            "reserved escapes keep their case and bytes"
+        );
+    }
+
+    #[test]
+    fn stray_percent_signs_are_refused() {
+        for p in [
+            "/%", "/a%", "/a%2", "/%zz", "/%3%30", "/%%41", "/%é0", "/ok/%g1",
+        ] {
+            assert_eq!(normalize_path(p), Err(BadEscape), "{p}");
+        }
     }
 
     #[test]

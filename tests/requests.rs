@@ -138,6 +138,14 @@ async fn paths_are_normalised_before_routing_and_upstream() {
         m["name"], "admin",
         "decoded unreserved characters route too"
     );
+    // A `%` that starts no escape is refused (as nginx does) and never forwarded.
+    let before = (v1.hits(), admin.hits());
+    for target in ["/admin%zz", "/%3%30", "/v1/%", "/v1/a%2"] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let status = raw_status(addr, req.as_bytes()).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{target}: {status}");
+    }
+    assert_eq!((v1.hits(), admin.hits()), before, "nothing was forwarded");
 }
 
 #[tokio::test]

@@ -81,9 +81,11 @@ fn authority(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
     }
 }
 
-/// Normalises the request path in place (see [`normalize_path`]).
+/// Normalises the request path in place (see [`normalize_path`]); 400 for a stray `%`.
 pub fn normalize(parts: &mut Parts) -> Result<(), ProxyError> {
-    let Some(path) = normalize_path(parts.uri.path()) else {
+    let normal = normalize_path(parts.uri.path())
+        .map_err(|_| ProxyError::BadRequest("invalid percent-encoding in the path"))?;
+    let Some(path) = normal else {
         return Ok(());
     };
     let pq = match parts.uri.query() {
