@@ -84,13 +84,12 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, BadEscape> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let (Some(&hi), Some(&lo)) = (b.get(i + 1), b.get(i + 2)) else {
+            let Some(c) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| Some((hex(h[0])? << 4) | hex(h[1])?))
+            else {
                 return Err(BadEscape);
             };
-            let (Some(hi), Some(lo)) = (hex(hi), hex(lo)) else {
-                return Err(BadEscape);
-            };
-            let c = (hi << 4) | lo;
             if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
                 decoded.push(char::from(c));
             } else {
@@ -135,9 +134,12 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, BadEscape> {
 
 /// The value of one hex digit.
 fn hex(d: u8) -> Option<u8> {
-    char::from(d)
-        .to_digit(16)
-        .and_then(|v| u8::try_from(v).ok())
+    match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        b'A'..=b'F' => Some(d - b'A' + 10),
+        _ => None,
+    }
 }
 
 impl Router {
