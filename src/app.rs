@@ -117,6 +117,8 @@ pub async fn run(
                 (Arc::clone(&state), Arc::clone(&services), Arc::clone(&shed));
             async move {
                 let mut tick = tokio::time::interval(every);
+                // Idle backend connections are parked within a second of PARK_AFTER.
+                let mut reap = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => return,
@@ -124,9 +126,9 @@ pub async fn run(
                             state.load().touch_metrics();
                             services.cache.touch_metrics();
                             shed.touch_metrics();
-                            services.upstreams.reap();
                             handle.run_upkeep();
                         }
+                        _ = reap.tick() => services.upstreams.reap(),
                     }
                 }
             }

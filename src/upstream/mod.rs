@@ -5,6 +5,7 @@
 //! queue). The registry ([`Upstreams`]) is consulted only when a snapshot is built.
 
 pub mod connect;
+mod park;
 mod pool;
 
 use std::collections::HashMap;
