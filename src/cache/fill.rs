@@ -160,7 +160,8 @@ impl Fill {
         g.trim();
     }
 
-    fn finish(&self, ok: bool) {
+    /// Ends the body for every reader: `ok` says whether it ended whole.
+    pub fn finish(&self, ok: bool) {
         let mut g = lock(&self.inner);
         if g.end.is_none() {
             g.end = Some(if ok { Ok(()) } else { Err(()) });
@@ -186,7 +187,9 @@ impl Fill {
 
 /// How pumping a body ended.
 pub enum Pumped {
-    /// The whole body, within `max_object_size`.
+    /// The whole body, within `max_object_size`. Readers have not seen its end yet: the
+    /// caller stores it first and then calls [`Fill::finish`], so a client that got the whole
+    /// response and asks again finds it stored.
     Complete(Bytes),
     /// It outgrew `max_object_size`; readers got all of it.
     TooLarge,
@@ -206,8 +209,8 @@ where
         let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         match frame {
             None => {
-                fill.finish(true);
                 if !keeping {
+                    fill.finish(true);
                     return Pumped::TooLarge;
                 }
                 let mut whole = BytesMut::with_capacity(size);
@@ -422,6 +425,12 @@ mod tests {
             Pumped::Complete(b) => assert_eq!(b.len(), 1000),
             _ => panic!("complete"),
         }
+        tokio::task::yield_now().await;
+        assert!(
+            !got.is_finished(),
+            "readers see the end only once it is stored"
+        );
+        fill.finish(true);
         assert_eq!(got.await.unwrap().unwrap().len(), 1000);
         lead.fill().publish(Published::Alone);
         assert!(matches!(

@@ -322,6 +322,9 @@ pub async fn run(job: FillJob) {
                 Pumped::Complete(bytes) => {
                     let e = Arc::new(Entry { head, body: bytes });
                     cache.store(Arc::clone(&e), stale_window(&route, &e), response_time);
+                    // Stored before any reader sees the end: the next request is a hit.
+                    leader.release();
+                    fill.finish(true);
                 }
                 Pumped::TooLarge => {
                     cache.count(StoreResult::TooLarge);
