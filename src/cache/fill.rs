@@ -160,8 +160,7 @@ impl Fill {
         g.trim();
     }
 
-    /// Ends the body for every reader: `ok` says whether it ended whole.
-    pub fn finish(&self, ok: bool) {
+    fn finish(&self, ok: bool) {
         let mut g = lock(&self.inner);
         if g.end.is_none() {
             g.end = Some(if ok { Ok(()) } else { Err(()) });
@@ -187,10 +186,8 @@ impl Fill {
 
 /// How pumping a body ended.
 pub enum Pumped {
-    /// The whole body, within `max_object_size`. Readers have not seen its end yet: the
-    /// caller stores it first and then calls [`Fill::finish`], so a client that got the whole
-    /// response and asks again finds it stored.
-    Complete(Bytes),
+    /// The whole body, within `max_object_size`, handed to the store step.
+    Complete,
     /// It outgrew `max_object_size`; readers got all of it.
     TooLarge,
     /// It broke, or it outgrew `max_object_size` and every reader left.
@@ -198,44 +195,45 @@ pub enum Pumped {
 }
 
 /// Reads `body` to its end into the fill, keeping it whole while it fits in `max` bytes.
-pub async fn pump<B>(fill: &Fill, mut body: B, max: usize) -> Pumped
+///
+/// A whole body goes to `store` before readers can tell it is complete: the last chunk of a
+/// body that knows its end (`Content-Length`) is held back until `store` returns, and the end
+/// of any other body is signalled after it. A client that read the whole response and asks
+/// again finds it stored.
+pub async fn pump<B>(fill: &Fill, mut body: B, max: usize, store: impl FnOnce(Bytes)) -> Pumped
 where
     B: Body<Data = Bytes> + Unpin,
 {
     let mut kept: Vec<Bytes> = Vec::new();
     let mut size = 0usize;
     let mut keeping = true;
+    let mut last = None;
     loop {
         let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        match frame {
-            None => {
-                if !keeping {
-                    fill.finish(true);
-                    return Pumped::TooLarge;
-                }
-                let mut whole = BytesMut::with_capacity(size);
-                for c in kept {
-                    whole.extend_from_slice(&c);
-                }
-                return Pumped::Complete(whole.freeze());
-            }
+        let data = match frame {
+            None => None,
             Some(Err(_)) => {
                 fill.finish(false);
                 return Pumped::Aborted;
             }
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers are not stored
-                };
-                size = size.saturating_add(data.len());
-                if keeping && size > max {
-                    keeping = false;
-                    kept.clear();
-                    fill.stop_keeping();
-                }
-                if keeping {
-                    kept.push(data.clone());
-                }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => Some(data),
+                Err(_) => continue, // trailers are not stored
+            },
+        };
+        if let Some(data) = data {
+            size = size.saturating_add(data.len());
+            if keeping && size > max {
+                keeping = false;
+                kept.clear();
+                fill.stop_keeping();
+            }
+            if keeping {
+                kept.push(data.clone());
+            }
+            if keeping && body.is_end_stream() {
+                last = Some(data);
+            } else {
                 fill.push(data);
                 if !keeping {
                     if !fill.has_readers() {
@@ -244,8 +242,23 @@ where
                     }
                     fill.room().await;
                 }
+                continue;
             }
         }
+        if !keeping {
+            fill.finish(true);
+            return Pumped::TooLarge;
+        }
+        let mut whole = BytesMut::with_capacity(size);
+        for c in kept {
+            whole.extend_from_slice(&c);
+        }
+        store(whole.freeze());
+        if let Some(data) = last {
+            fill.push(data);
+        }
+        fill.finish(true);
+        return Pumped::Complete;
     }
 }
 
@@ -421,16 +434,17 @@ mod tests {
         let abandoned = fill.reader().expect("reader");
         drop(abandoned); // a client that leaves at once
         let got = tokio::spawn(async move { reader.collect().await.map(|c| c.to_bytes()) });
-        match pump(&fill, chunks(10, 100), 10_000).await {
-            Pumped::Complete(b) => assert_eq!(b.len(), 1000),
-            _ => panic!("complete"),
-        }
-        tokio::task::yield_now().await;
-        assert!(
-            !got.is_finished(),
-            "readers see the end only once it is stored"
-        );
-        fill.finish(true);
+        let mut stored = 0;
+        let pumped = pump(&fill, chunks(10, 100), 10_000, |b| {
+            assert!(
+                lock(&fill.inner).end.is_none(),
+                "stored before the end shows"
+            );
+            stored = b.len();
+        })
+        .await;
+        assert!(matches!(pumped, Pumped::Complete));
+        assert_eq!(stored, 1000);
         assert_eq!(got.await.unwrap().unwrap().len(), 1000);
         lead.fill().publish(Published::Alone);
         assert!(matches!(
@@ -467,7 +481,10 @@ mod tests {
         let reader = fill.reader().expect("reader");
         let got = tokio::spawn(async move { reader.collect().await.map(|c| c.to_bytes()) });
         assert!(matches!(
-            pump(&fill, chunks(200, 1000), 5000).await,
+            pump(&fill, chunks(200, 1000), 5000, |_| panic!(
+                "too large to store"
+            ))
+            .await,
             Pumped::TooLarge
         ));
         let body = got.await.unwrap().unwrap();
@@ -480,9 +497,29 @@ mod tests {
     async fn past_the_limit_with_no_reader_the_pump_stops() {
         let fill = Fill::new();
         assert!(matches!(
-            pump(&fill, chunks(200, 1000), 5000).await,
+            pump(&fill, chunks(200, 1000), 5000, |_| panic!(
+                "too large to store"
+            ))
+            .await,
             Pumped::Aborted
         ));
+    }
+
+    #[tokio::test]
+    async fn the_last_chunk_of_a_sized_body_waits_for_the_store() {
+        let fill = Fill::new();
+        let reader = fill.reader().expect("reader");
+        let body = http_body_util::Full::new(Bytes::from_static(b"whole"));
+        let pumped = pump(&fill, body, 100, |b| {
+            assert_eq!(&b[..], b"whole");
+            let g = lock(&fill.inner);
+            assert!(g.chunks.is_empty(), "no reader has a byte of it yet");
+            assert!(g.end.is_none());
+        })
+        .await;
+        assert!(matches!(pumped, Pumped::Complete));
+        let got = reader.collect().await.map(|c| c.to_bytes());
+        assert_eq!(&got.unwrap()[..], b"whole");
     }
 
     #[tokio::test]

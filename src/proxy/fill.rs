@@ -316,16 +316,16 @@ pub async fn run(job: FillJob) {
                 ),
             }
             fill.publish(Published::Shared(Arc::clone(&head)));
-            let pumped = fill::pump(&fill, body, max).await;
+            let stored = |bytes| {
+                let e = Arc::new(Entry { head, body: bytes });
+                cache.store(Arc::clone(&e), stale_window(&route, &e), response_time);
+                // Off the map before readers see the end: the next request is a hit.
+                leader.release();
+            };
+            let pumped = fill::pump(&fill, body, max, stored).await;
             drop(slot);
             match pumped {
-                Pumped::Complete(bytes) => {
-                    let e = Arc::new(Entry { head, body: bytes });
-                    cache.store(Arc::clone(&e), stale_window(&route, &e), response_time);
-                    // Stored before any reader sees the end: the next request is a hit.
-                    leader.release();
-                    fill.finish(true);
-                }
+                Pumped::Complete => {}
                 Pumped::TooLarge => {
                     cache.count(StoreResult::TooLarge);
                     cache.mark_uncacheable(&url);
