@@ -209,57 +209,53 @@ where
     let mut keeping = true;
     let mut last = None;
     loop {
-        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        let data = match frame {
-            None => None,
+        let data = match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            None => break,
             Some(Err(_)) => {
                 fill.finish(false);
                 return Pumped::Aborted;
             }
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => Some(data),
+                Ok(data) => data,
                 Err(_) => continue, // trailers are not stored
             },
         };
-        if let Some(data) = data {
-            size = size.saturating_add(data.len());
-            if keeping && size > max {
-                keeping = false;
-                kept.clear();
-                fill.stop_keeping();
-            }
-            if keeping {
-                kept.push(data.clone());
-            }
-            if keeping && body.is_end_stream() {
+        size = size.saturating_add(data.len());
+        if keeping && size > max {
+            keeping = false;
+            kept.clear();
+            fill.stop_keeping();
+        }
+        if keeping {
+            kept.push(data.clone());
+            if body.is_end_stream() {
                 last = Some(data);
-            } else {
-                fill.push(data);
-                if !keeping {
-                    if !fill.has_readers() {
-                        fill.finish(false);
-                        return Pumped::Aborted;
-                    }
-                    fill.room().await;
-                }
-                continue;
+                break;
             }
         }
+        fill.push(data);
         if !keeping {
-            fill.finish(true);
-            return Pumped::TooLarge;
+            if !fill.has_readers() {
+                fill.finish(false);
+                return Pumped::Aborted;
+            }
+            fill.room().await;
         }
-        let mut whole = BytesMut::with_capacity(size);
-        for c in kept {
-            whole.extend_from_slice(&c);
-        }
-        store(whole.freeze());
-        if let Some(data) = last {
-            fill.push(data);
-        }
-        fill.finish(true);
-        return Pumped::Complete;
     }
+    if !keeping {
+        fill.finish(true);
+        return Pumped::TooLarge;
+    }
+    let mut whole = BytesMut::with_capacity(size);
+    for c in kept {
+        whole.extend_from_slice(&c);
+    }
+    store(whole.freeze());
+    if let Some(data) = last {
+        fill.push(data);
+    }
+    fill.finish(true);
+    Pumped::Complete
 }
 
 /// A body read from a fill; several clients read one fill at their own pace.
