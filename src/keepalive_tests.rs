@@ -282,3 +282,44 @@ async fn keepalive_timeout_and_shutdown_close_parked_connections() {
         .expect("ended")
         .expect("server task");
 }
+
+#[tokio::test]
+async fn a_parked_connection_keeps_no_hyper_connection_inline() {
+    // What a connection's task holds while parked is its serve future: any hyper connection
+    // kept inline in it (the draining path's, say) would weigh on every idle connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let client = TcpStream::connect(listener.local_addr().expect("addr")).await;
+    let (stream, _) = listener.accept().await.expect("accept");
+    let state = ConnState::new();
+    let timers = Timers {
+        header_read: Duration::from_secs(10),
+        keepalive: Duration::from_secs(10),
+        send: Duration::from_secs(10),
+    };
+    let builder = http1::Builder::new();
+    let shutdown = CancellationToken::new();
+    let io = Box::new(TimedIo::new(stream, Arc::clone(&state), timers, false).parkable());
+    let serving = serve_h1(io, Empty, &builder, &state, timers, &shutdown);
+    let hyper_conn = std::mem::size_of::<
+        http1::UpgradeableConnection<hyper_util::rt::TokioIo<Box<TimedIo<TcpStream>>>, Empty>,
+    >();
+    let size = std::mem::size_of_val(&serving);
+    assert!(
+        size < 512 && size < hyper_conn,
+        "serve future {size} B (a hyper connection is {hyper_conn} B)"
+    );
+    drop((serving, client));
+}
+
+/// Answers every request with an empty 200.
+struct Empty;
+
+impl Service<Request<Incoming>> for Empty {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn call(&self, _req: Request<Incoming>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
+    }
+}

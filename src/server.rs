@@ -83,14 +83,14 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, serving: Serving) {
             },
             activity: None,
         };
-        tracker.spawn(connection(
+        let accepted = Box::new(Accepted {
             stream,
             ctx,
             snap,
-            open.clone(),
-            shutdown.clone(),
-            conn_slot,
-        ));
+            open: open.clone(),
+            slot: conn_slot,
+        });
+        tracker.spawn(connection(accepted, shutdown.clone()));
     }
     // Close the socket before saying so: new connections are refused from here on.
     drop(listener);
@@ -147,52 +147,57 @@ async fn refuse(mut stream: TcpStream, tls: bool) {
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    mut ctx: ConnCtx,
+/// An accepted connection on its way to its task. Boxed, and consumed by [`start`]: the
+/// task lives as long as the connection, and keeps no room for what only its start needs.
+struct Accepted {
+    stream: TcpStream,
+    ctx: ConnCtx,
     snap: Arc<Snapshot>,
     open: Gauge,
-    shutdown: CancellationToken,
-    _slot: ConnSlot,
-) {
-    open.increment(1.0);
-    let _open = OpenGuard(open);
-    let state = ConnState::new();
-    let timers = conn::Timers {
-        header_read: snap.limits.header_read_timeout,
-        keepalive: snap.limits.keepalive_timeout,
-        send: snap.limits.send_timeout,
+    slot: ConnSlot,
+}
+
+/// A connection ready to serve: what lives as long as it does.
+struct Ready {
+    open: OpenGuard,
+    slot: ConnSlot,
+    state: Arc<ConnState>,
+    ctx: Arc<ConnCtx>,
+    protocols: Protocols,
+    timers: conn::Timers,
+    io: Io,
+}
+
+/// How a ready connection is served.
+enum Io {
+    /// A plain listener: HTTP/2 with prior knowledge, or HTTP/1 (the bytes read to tell are
+    /// handed to hyper first).
+    Plain {
+        io: Box<TimedIo<TcpStream>>,
+        h2: bool,
+    },
+    /// A TLS listener, before the handshake.
+    Tls(TcpStream, tokio_rustls::TlsAcceptor),
+}
+
+async fn connection(accepted: Box<Accepted>, shutdown: CancellationToken) {
+    // The start is boxed and the task holds only what serving needs: on a parked HTTP/1
+    // connection that is most of what the connection costs.
+    let Some(Ready {
+        open: _open,
+        slot: _slot,
+        state,
+        ctx,
+        protocols,
+        timers,
+        io,
+    }) = Box::pin(start(accepted)).await
+    else {
+        return;
     };
-    let listener = snap.listener(&ctx.conn.listener);
-    let tls = listener.and_then(|l| l.tls.clone());
-    if let Some(trusted) = listener.and_then(|l| l.proxy_protocol.clone()) {
-        // Behind an L4 balancer: its PROXY header names the client.
-        let deadline = tokio::time::Instant::now() + timers.header_read;
-        let read = proxy_header::read(&mut stream, ctx.conn.peer, &trusted, deadline);
-        match Box::pin(read).await {
-            Ok(client) => ctx.conn.peer = client,
-            Err(why) => {
-                metrics::counter!(
-                    PROXY_PROTOCOL_REJECTED_TOTAL,
-                    "listener" => ctx.conn.listener.to_string(),
-                    "reason" => why.as_str()
-                )
-                .increment(1);
-                return tracing::debug!(peer = %ctx.conn.peer, reason = why.as_str(), "PROXY protocol header refused; closing");
-            }
-        }
-    }
-    let protocols = Protocols {
-        http1: Arc::clone(&snap.http1),
-        http2: Arc::clone(&snap.http2),
-    };
-    drop(snap);
     let peer = ctx.conn.peer;
-    ctx.conn.tls = tls.is_some();
-    ctx.activity = Some(Arc::clone(&state));
     // Each request goes through the proxy pipeline, counted in flight on the connection
     // until its response body is dropped.
-    let ctx = Arc::new(ctx);
     let st = Arc::clone(&state);
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&ctx);
@@ -206,36 +211,26 @@ async fn connection(
             Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, inflight)))
         }
     });
-    let result = match tls {
-        None => {
-            // HTTP/2 with prior knowledge, or HTTP/1: the first bytes tell.
-            let head_deadline = tokio::time::Instant::now() + timers.header_read;
-            let (h2, first) = match Box::pin(keepalive::sniff(&stream, head_deadline)).await {
-                Ok(Some(x)) => x,
-                Ok(None) => return,
-                Err(e) => return tracing::debug!(%peer, error = %e, "connection read failed"),
-            };
-            let io = TimedIo::new(stream, Arc::clone(&state), timers, h2).with_replay(first);
-            if h2 {
-                Box::pin(serve_h2(
-                    io,
-                    svc,
-                    &protocols.http2,
-                    &state,
-                    timers,
-                    &shutdown,
-                ))
+    let result = match io {
+        Io::Plain { io, h2: true } => {
+            Box::pin(serve_h2(
+                *io,
+                svc,
+                &protocols.http2,
+                &state,
+                timers,
+                &shutdown,
+            ))
+            .await
+        }
+        Io::Plain { io, h2: false } => {
+            keepalive::serve_h1(io, svc, &protocols.http1, &state, timers, &shutdown)
                 .await
-            } else {
-                let io = Box::new(io.parkable());
-                keepalive::serve_h1(io, svc, &protocols.http1, &state, timers, &shutdown)
-                    .await
-                    .map_err(Into::into)
-            }
+                .map_err(Into::into)
         }
         // Boxed, as the HTTP/2 one: the TLS and HTTP/2 states do not weigh on every plain
         // HTTP/1 connection.
-        Some(acceptor) => {
+        Io::Tls(stream, acceptor) => {
             let tls = tls_connection(stream, acceptor, svc, protocols, &state, timers, &shutdown);
             match Box::pin(tls).await {
                 Some(served) => served,
@@ -248,7 +243,83 @@ async fn connection(
     }
 }
 
-/// Handshakes and serves a TLS connection; None when the handshake failed.
+/// Counts the connection open, reads a PROXY protocol header where the listener expects one,
+/// and on a plain listener reads enough to tell HTTP/2 from HTTP/1. None when the connection
+/// ends first.
+async fn start(accepted: Box<Accepted>) -> Option<Ready> {
+    let Accepted {
+        mut stream,
+        mut ctx,
+        snap,
+        open,
+        slot,
+    } = *accepted;
+    open.increment(1.0);
+    let open = OpenGuard(open);
+    let state = ConnState::new();
+    let timers = conn::Timers {
+        header_read: snap.limits.header_read_timeout,
+        keepalive: snap.limits.keepalive_timeout,
+        send: snap.limits.send_timeout,
+    };
+    let listener = snap.listener(&ctx.conn.listener);
+    let tls = listener.and_then(|l| l.tls.clone());
+    if let Some(trusted) = listener.and_then(|l| l.proxy_protocol.clone()) {
+        // Behind an L4 balancer: its PROXY header names the client.
+        let deadline = tokio::time::Instant::now() + timers.header_read;
+        match proxy_header::read(&mut stream, ctx.conn.peer, &trusted, deadline).await {
+            Ok(client) => ctx.conn.peer = client,
+            Err(why) => {
+                metrics::counter!(
+                    PROXY_PROTOCOL_REJECTED_TOTAL,
+                    "listener" => ctx.conn.listener.to_string(),
+                    "reason" => why.as_str()
+                )
+                .increment(1);
+                tracing::debug!(peer = %ctx.conn.peer, reason = why.as_str(), "PROXY protocol header refused; closing");
+                return None;
+            }
+        }
+    }
+    let protocols = Protocols {
+        http1: Arc::clone(&snap.http1),
+        http2: Arc::clone(&snap.http2),
+    };
+    drop(snap);
+    ctx.conn.tls = tls.is_some();
+    ctx.activity = Some(Arc::clone(&state));
+    let io = match tls {
+        Some(acceptor) => Io::Tls(stream, acceptor),
+        None => {
+            // HTTP/2 with prior knowledge, or HTTP/1: the first bytes tell.
+            let head_deadline = tokio::time::Instant::now() + timers.header_read;
+            let (h2, first) = match keepalive::sniff(&stream, head_deadline).await {
+                Ok(Some(x)) => x,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!(peer = %ctx.conn.peer, error = %e, "connection read failed");
+                    return None;
+                }
+            };
+            let io = TimedIo::new(stream, Arc::clone(&state), timers, h2).with_replay(first);
+            let io = if h2 { io } else { io.parkable() };
+            Io::Plain {
+                io: Box::new(io),
+                h2,
+            }
+        }
+    };
+    Some(Ready {
+        open,
+        slot,
+        state,
+        ctx: Arc::new(ctx),
+        protocols,
+        timers,
+        io,
+    })
+}
+
 async fn tls_connection<S, B>(
     stream: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
