@@ -235,33 +235,17 @@ where
         if !io.wait_readable(linger, &never).await {
             return Ok(());
         }
-        return Box::pin(serve_last(io, svc, builder, state, timers)).await;
+        // Boxed: a hyper connection held inline would weigh on every parked connection's
+        // task, where this path is rare.
+        return Box::pin(async move {
+            let mut last = builder.clone();
+            last.keep_alive(false);
+            let conn = last.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            tokio::pin!(conn);
+            conn::watch(conn, state, timers.keepalive, &never).await
+        })
+        .await;
     }
-}
-
-/// Serves one last request on a draining connection, with keep-alive off, not cut short by
-/// the shutdown. Boxed by its caller: a hyper connection held inline would weigh on every
-/// parked connection's task, where this path is rare.
-async fn serve_last<T, S, B>(
-    io: Box<TimedIo<T>>,
-    svc: S,
-    builder: &http1::Builder,
-    state: &ConnState,
-    timers: Timers,
-) -> hyper::Result<()>
-where
-    T: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Unpin,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut last = builder.clone();
-    last.keep_alive(false);
-    let conn = last.serve_connection(TokioIo::new(io), svc).with_upgrades();
-    tokio::pin!(conn);
-    let never = CancellationToken::new();
-    conn::watch(conn, state, timers.keepalive, &never).await
 }
 
 #[cfg(test)]
