@@ -284,6 +284,34 @@ async fn keepalive_timeout_and_shutdown_close_parked_connections() {
 }
 
 #[tokio::test]
+async fn a_request_that_arrives_while_draining_gets_one_last_answer() {
+    let s = server(Duration::from_secs(60)).await;
+    let mut c = TcpStream::connect(s.addr).await.expect("connect");
+    c.write_all(GET).await.expect("write");
+    read_answers(&mut c, &["GET /a 0"]).await;
+    s.parked(1).await;
+    // The client sends its next request just as the shutdown starts: it is answered, with
+    // keep-alive off, and then the connection closes.
+    s.shutdown.cancel();
+    c.write_all(b"GET /last HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+        .await
+        .expect("closed after the last answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(text.ends_with("get /last 0"), "{text}");
+    tokio::time::timeout(Duration::from_secs(5), s.task)
+        .await
+        .expect("ended")
+        .expect("server task");
+}
+
+#[tokio::test]
 async fn a_parked_connection_keeps_no_hyper_connection_inline() {
     // What a connection's task holds while parked is its serve future: any hyper connection
     // kept inline in it (the draining path's, say) would weigh on every idle connection.
