@@ -85,6 +85,15 @@ struct Server {
     task: JoinHandle<()>,
 }
 
+/// Head and send timers that never fire in these tests, and the given keep-alive time.
+fn timers(keepalive: Duration) -> Timers {
+    Timers {
+        header_read: Duration::from_secs(10),
+        keepalive,
+        send: Duration::from_secs(10),
+    }
+}
+
 /// One-connection HTTP/1 server, parkable as sandgate's plain listeners are. Answers
 /// `METHOD PATH LEN`, LEN being the body bytes it read.
 async fn server(keepalive: Duration) -> Server {
@@ -97,11 +106,7 @@ async fn server(keepalive: Duration) -> Server {
         let (stream, _) = listener.accept().await.expect("accept");
         let state = ConnState::new();
         *slot2.lock().expect("slot") = Some(Arc::clone(&state));
-        let timers = Timers {
-            header_read: Duration::from_secs(10),
-            keepalive,
-            send: Duration::from_secs(10),
-        };
+        let timers = timers(keepalive);
         let st = Arc::clone(&state);
         let svc = service_fn(move |req: Request<Incoming>| {
             st.note_body(hyper::body::Body::size_hint(req.body()).exact());
@@ -135,6 +140,23 @@ impl Server {
             .expect("slot")
             .as_ref()
             .map_or(0, |s| s.parks())
+    }
+
+    /// A client whose first request was answered, on a connection since parked.
+    async fn parked_client(&self) -> TcpStream {
+        let mut c = TcpStream::connect(self.addr).await.expect("connect");
+        c.write_all(GET).await.expect("write");
+        read_answers(&mut c, &["GET /a 0"]).await;
+        self.parked(1).await;
+        c
+    }
+
+    /// Waits (at most 5 s) for the server's connection to end; `why` says what should end it.
+    async fn ended(self, why: &str) {
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect(why)
+            .expect("server task");
     }
 
     /// Waits (at most 5 s) until the connection was parked `n` times.
@@ -173,10 +195,7 @@ const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n";
 #[tokio::test]
 async fn a_parked_connection_serves_the_next_requests() {
     let s = server(Duration::from_secs(60)).await;
-    let mut c = TcpStream::connect(s.addr).await.expect("connect");
-    c.write_all(GET).await.expect("write");
-    read_answers(&mut c, &["GET /a 0"]).await;
-    s.parked(1).await;
+    let mut c = s.parked_client().await;
 
     // A POST with a length, its head split across two writes.
     c.write_all(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-")
@@ -191,19 +210,13 @@ async fn a_parked_connection_serves_the_next_requests() {
     read_answers(&mut c, &["GET /a 0"]).await;
     s.parked(3).await;
     drop(c);
-    tokio::time::timeout(Duration::from_secs(5), s.task)
-        .await
-        .expect("the server sees the close")
-        .expect("server task");
+    s.ended("the server sees the close").await;
 }
 
 #[tokio::test]
 async fn pipelined_requests_after_parking_are_answered_in_order() {
     let s = server(Duration::from_secs(60)).await;
-    let mut c = TcpStream::connect(s.addr).await.expect("connect");
-    c.write_all(GET).await.expect("write");
-    read_answers(&mut c, &["GET /a 0"]).await;
-    s.parked(1).await;
+    let mut c = s.parked_client().await;
 
     // Three requests in one write after parking: hyper reads them together, so this hyper
     // connection keeps the socket; all three are answered, in order.
@@ -230,10 +243,7 @@ Content-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: t\r\n\r\n";
 #[tokio::test]
 async fn a_chunked_upload_keeps_its_hyper_connection() {
     let s = server(Duration::from_secs(60)).await;
-    let mut c = TcpStream::connect(s.addr).await.expect("connect");
-    c.write_all(GET).await.expect("write");
-    read_answers(&mut c, &["GET /a 0"]).await;
-    s.parked(1).await;
+    let mut c = s.parked_client().await;
     let chunked = b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
 4\r\nabcd\r\n0\r\n\r\n";
     c.write_all(chunked).await.expect("write");
@@ -251,45 +261,30 @@ async fn a_chunked_upload_keeps_its_hyper_connection() {
 #[tokio::test]
 async fn keepalive_timeout_and_shutdown_close_parked_connections() {
     let s = server(Duration::from_millis(2500)).await;
-    let mut c = TcpStream::connect(s.addr).await.expect("connect");
-    c.write_all(GET).await.expect("write");
-    read_answers(&mut c, &["GET /a 0"]).await;
-    s.parked(1).await;
+    let mut c = s.parked_client().await;
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
         .await
         .expect("closed by the keep-alive timeout")
         .expect("read");
     assert_eq!(n, 0, "closed without a word");
-    tokio::time::timeout(Duration::from_secs(5), s.task)
-        .await
-        .expect("ended")
-        .expect("server task");
+    s.ended("ended").await;
 
     let s = server(Duration::from_secs(60)).await;
-    let mut c = TcpStream::connect(s.addr).await.expect("connect");
-    c.write_all(GET).await.expect("write");
-    read_answers(&mut c, &["GET /a 0"]).await;
-    s.parked(1).await;
+    let mut c = s.parked_client().await;
     s.shutdown.cancel();
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
         .await
         .expect("closed by shutdown")
         .expect("read");
     assert_eq!(n, 0);
-    tokio::time::timeout(Duration::from_secs(5), s.task)
-        .await
-        .expect("ended")
-        .expect("server task");
+    s.ended("ended").await;
 }
 
 #[tokio::test]
 async fn a_request_that_arrives_while_draining_gets_one_last_answer() {
     let s = server(Duration::from_secs(60)).await;
-    let mut c = TcpStream::connect(s.addr).await.expect("connect");
-    c.write_all(GET).await.expect("write");
-    read_answers(&mut c, &["GET /a 0"]).await;
-    s.parked(1).await;
+    let mut c = s.parked_client().await;
     // The client sends its next request just as the shutdown starts: it is answered, with
     // keep-alive off, and then the connection closes.
     s.shutdown.cancel();
@@ -305,10 +300,7 @@ async fn a_request_that_arrives_while_draining_gets_one_last_answer() {
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
     assert!(text.ends_with("get /last 0"), "{text}");
-    tokio::time::timeout(Duration::from_secs(5), s.task)
-        .await
-        .expect("ended")
-        .expect("server task");
+    s.ended("ended").await;
 }
 
 #[tokio::test]
@@ -319,11 +311,7 @@ async fn a_parked_connection_keeps_no_hyper_connection_inline() {
     let client = TcpStream::connect(listener.local_addr().expect("addr")).await;
     let (stream, _) = listener.accept().await.expect("accept");
     let state = ConnState::new();
-    let timers = Timers {
-        header_read: Duration::from_secs(10),
-        keepalive: Duration::from_secs(10),
-        send: Duration::from_secs(10),
-    };
+    let timers = timers(Duration::from_secs(10));
     let builder = http1::Builder::new();
     let shutdown = CancellationToken::new();
     let io = Box::new(TimedIo::new(stream, Arc::clone(&state), timers, false).parkable());

@@ -168,14 +168,13 @@ struct Ready {
     io: Io,
 }
 
-/// How a ready connection is served.
+/// How a ready connection is served. On a plain listener the bytes read to tell HTTP/2
+/// from HTTP/1 are handed to hyper first.
 enum Io {
-    /// A plain listener: HTTP/2 with prior knowledge, or HTTP/1 (the bytes read to tell are
-    /// handed to hyper first).
-    Plain {
-        io: Box<TimedIo<TcpStream>>,
-        h2: bool,
-    },
+    /// Plain HTTP/1, parkable.
+    H1(Box<TimedIo<TcpStream>>),
+    /// Plain HTTP/2 with prior knowledge.
+    H2(Box<TimedIo<TcpStream>>),
     /// A TLS listener, before the handshake.
     Tls(TcpStream, tokio_rustls::TlsAcceptor),
 }
@@ -212,7 +211,7 @@ async fn connection(accepted: Box<Accepted>, shutdown: CancellationToken) {
         }
     });
     let result = match io {
-        Io::Plain { io, h2: true } => {
+        Io::H2(io) => {
             Box::pin(serve_h2(
                 *io,
                 svc,
@@ -223,11 +222,9 @@ async fn connection(accepted: Box<Accepted>, shutdown: CancellationToken) {
             ))
             .await
         }
-        Io::Plain { io, h2: false } => {
-            keepalive::serve_h1(io, svc, &protocols.http1, &state, timers, &shutdown)
-                .await
-                .map_err(Into::into)
-        }
+        Io::H1(io) => keepalive::serve_h1(io, svc, &protocols.http1, &state, timers, &shutdown)
+            .await
+            .map_err(Into::into),
         // Boxed, as the HTTP/2 one: the TLS and HTTP/2 states do not weigh on every plain
         // HTTP/1 connection.
         Io::Tls(stream, acceptor) => {
@@ -302,10 +299,10 @@ async fn start(accepted: Box<Accepted>) -> Option<Ready> {
                 }
             };
             let io = TimedIo::new(stream, Arc::clone(&state), timers, h2).with_replay(first);
-            let io = if h2 { io } else { io.parkable() };
-            Io::Plain {
-                io: Box::new(io),
-                h2,
+            if h2 {
+                Io::H2(Box::new(io))
+            } else {
+                Io::H1(Box::new(io.parkable()))
             }
         }
     };
@@ -320,6 +317,7 @@ async fn start(accepted: Box<Accepted>) -> Option<Ready> {
     })
 }
 
+/// Handshakes and serves a TLS connection; None when the handshake failed.
 async fn tls_connection<S, B>(
     stream: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
