@@ -50,15 +50,24 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // are walked); more than fit are taken in another round. `Connection` itself goes last,
     // as the later rounds read it.
     const BATCH: usize = 12;
-    let listed = h.contains_key(header::CONNECTION);
+    let lines = h.get_all(header::CONNECTION);
+    let listed = lines.iter().next().is_some();
     // Whether `Connection` names anything beyond `close` and the fixed set: only then is every
     // name checked against it.
     let extra = listed
-        && connection_tokens(h).any(|t| {
+        && tokens(lines.iter()).any(|t| {
             !t.is_empty()
                 && !t.eq_ignore_ascii_case("close")
                 && !FIXED_HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))
         });
+    // The common case: nothing to remove but `Connection` itself (a keep-alive backend's
+    // `Connection: keep-alive`), found in one pass with nothing gathered.
+    if !extra && !h.keys().any(|n| *n != header::CONNECTION && hop_by_hop(n)) {
+        if listed {
+            h.remove(header::CONNECTION);
+        }
+        return;
+    }
     loop {
         let mut doomed: [Option<HeaderName>; BATCH] = [const { None }; BATCH];
         let mut n = 0;
@@ -95,8 +104,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// The tokens `Connection` lists, trimmed.
 fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
-    h.get_all(header::CONNECTION)
-        .iter()
+    tokens(h.get_all(header::CONNECTION).iter())
+}
+
+/// The comma-separated tokens of a header's lines, trimmed.
+fn tokens<'a>(lines: impl Iterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a str> {
+    lines
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -273,6 +286,30 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn a_lone_connection_header_goes_and_the_rest_stays() {
+        let values: [&[u8]; 4] = [b"keep-alive", b"close", b"", b"caf\xe9"];
+        for v in values {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_bytes(v).unwrap());
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 2, "Connection: {v:?} left {h:?}");
+            assert!(h.contains_key("x-keep") && h.contains_key(header::CONTENT_LENGTH));
+        }
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("a"));
+        plain.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(
+            plain.len(),
+            1,
+            "a fixed hop-by-hop header without Connection goes too"
+        );
+        assert!(plain.contains_key(header::HOST));
     }
 
     #[test]

@@ -118,12 +118,11 @@ pub async fn handle_parts(
 async fn pipeline(
     ctx: &ConnCtx,
     snap: &Arc<Snapshot>,
-    parts: Parts,
+    mut parts: Parts,
     body: Option<Incoming>,
     x: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let inflight = limit::shed(&ctx.shed, snap)?;
-    let mut parts = parts;
     route::normalize(&mut parts)?;
     let routed = route::find(snap, &parts)?;
     x.route = Some(routed.index);
