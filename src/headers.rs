@@ -240,13 +240,8 @@ pub fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &[u8] {
 /// A fresh request id: 32 lower-case hex digits from a fast non-cryptographic generator
 /// (ids need to be unique enough to correlate logs, not unguessable).
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut out = [0u8; 32];
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
+    crate::trace::hex(&mut out, &fastrand::u128(..).to_be_bytes());
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
@@ -422,6 +417,10 @@ mod tests {
     fn request_ids() {
         let a = new_request_id();
         assert_eq!(a.len(), 32);
+        assert!(a
+            .as_bytes()
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
         assert_ne!(a, new_request_id());
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc"));

@@ -32,8 +32,11 @@ pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    // The digits at the end, then the colon before them: one backward scan.
+    let b = host.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    match b.len().checked_sub(digits + 1) {
+        Some(colon) if b[colon] == b':' => &host[..colon],
         _ => host,
     }
 }
@@ -325,5 +328,22 @@ mod tests {
         assert_eq!(strip_port("a:80"), "a");
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("a"), "a");
+        for h in [
+            "",
+            ":",
+            "a:",
+            "127.0.0.1:18081",
+            "a:8b0",
+            "a:80:90",
+            "x.y",
+            "80",
+            ":80",
+        ] {
+            let old = match h.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => h,
+            };
+            assert_eq!(strip_port(h), old, "{h}");
+        }
     }
 }
