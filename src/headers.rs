@@ -124,11 +124,8 @@ fn named_in_connection(h: &HeaderMap, name: &HeaderName) -> bool {
 /// Whether a comma-separated header `name` holds `token` (ASCII case-insensitive; for
 /// `Upgrade`, a protocol's version after `/` is ignored).
 pub fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().split('/').next().unwrap_or("").trim())
+    tokens(h.get_all(name).iter())
+        .map(|t| t.split('/').next().unwrap_or("").trim())
         .any(|t| t.eq_ignore_ascii_case(token))
 }
 
