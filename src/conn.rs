@@ -545,10 +545,14 @@ pub async fn watch<C: Graceful>(
     let mut linger: Option<Instant> = None;
     loop {
         let idle_deadline = state.idle_since().map(|t| t + keepalive);
+        // A busy connection is looked at again every `keepalive`: the first look after its
+        // last request ends finds it idle, earlier than that request's end + `keepalive`,
+        // and the next turn sleeps until exactly then.
         let idle = async {
             match idle_deadline {
-                Some(d) if !closing => tokio::time::sleep_until(d).await,
-                _ => std::future::pending().await,
+                _ if closing => std::future::pending().await,
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => tokio::time::sleep(keepalive).await,
             }
         };
         let tick = async {

@@ -115,6 +115,33 @@ async fn an_idle_http2_connection_gets_goaway() {
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
 }
 
+#[tokio::test]
+async fn keepalive_counts_again_after_a_request_that_outlived_it() {
+    // The request is still in flight when the first idle deadline (from accept) passes; the
+    // connection must still be closed once it has been idle for keepalive_timeout after it.
+    let b = slow_backend("x", Duration::from_millis(900)).await;
+    let proxy = spawn_proxy(&config(b.addr, "keepalive_timeout: 500ms", ""));
+    let s = TcpStream::connect(proxy.listeners["public"]).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let r = send
+        .send_request(
+            Request::get("http://a/")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "x");
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_are_cut_while_other_clients_are_served() {
     let sink = sink_backend().await;
