@@ -89,10 +89,11 @@ async fn idle_keepalive_connections_have_their_own_timer() {
     assert_eq!(text, "");
 }
 
-#[tokio::test]
-async fn an_idle_http2_connection_gets_goaway() {
-    let b = named_backend("x").await;
-    let proxy = spawn_proxy(&config(b.addr, "keepalive_timeout: 500ms", ""));
+/// One HTTP/2 GET through a proxy with `keepalive_timeout: 500ms` in front of `backend`
+/// (which answers `x`); then, with no stream open, the server must say GOAWAY and the
+/// connection end cleanly.
+async fn one_h2_get_then_goaway(backend: &Backend) {
+    let proxy = spawn_proxy(&config(backend.addr, "keepalive_timeout: 500ms", ""));
     let s = TcpStream::connect(proxy.listeners["public"]).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -110,36 +111,20 @@ async fn an_idle_http2_connection_gets_goaway() {
         .await
         .unwrap();
     assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "x");
-    // No open stream: the server says GOAWAY and the connection ends cleanly.
     let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway() {
+    one_h2_get_then_goaway(&named_backend("x").await).await;
 }
 
 #[tokio::test]
 async fn keepalive_counts_again_after_a_request_that_outlived_it() {
     // The request is still in flight when the first idle deadline (from accept) passes; the
     // connection must still be closed once it has been idle for keepalive_timeout after it.
-    let b = slow_backend("x", Duration::from_millis(900)).await;
-    let proxy = spawn_proxy(&config(b.addr, "keepalive_timeout: 500ms", ""));
-    let s = TcpStream::connect(proxy.listeners["public"]).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(s),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
-    let r = send
-        .send_request(
-            Request::get("http://a/")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "x");
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    one_h2_get_then_goaway(&slow_backend("x", Duration::from_millis(900)).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
