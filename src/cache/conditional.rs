@@ -7,20 +7,40 @@ use super::policy::unix;
 
 /// Whether an `If-None-Match` list matches `etag` under weak comparison.
 fn none_match(list: &HeaderMap, etag: Option<&HeaderValue>) -> bool {
-    let opaque = |t: &str| -> String {
-        let t = t.trim();
-        let t = t
-            .strip_prefix("W/")
-            .or_else(|| t.strip_prefix("w/"))
-            .unwrap_or(t);
-        t.trim_matches('"').to_owned()
-    };
-    let ours = etag.and_then(|e| e.to_str().ok()).map(opaque);
+    let ours = etag
+        .and_then(|e| e.to_str().ok())
+        .and_then(|e| entity_tags(e).next());
     list.get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == "*" || ours.as_deref() == Some(opaque(t).as_str()))
+        .flat_map(entity_tags)
+        .any(|t| t == "*" || ours == Some(t))
+}
+
+/// The entity tags of a list (RFC 9110 section 8.8.3), as weak comparison sees them: each
+/// one's opaque tag without `W/` and without its quotes. A comma inside the quotes belongs to
+/// the tag. `*` comes out as `*`, and a tag sent without quotes runs to the next comma.
+fn entity_tags(line: &str) -> impl Iterator<Item = &str> {
+    let mut rest = line;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches([',', ' ', '\t']);
+        if rest.is_empty() {
+            return None;
+        }
+        let tag = rest
+            .strip_prefix("W/")
+            .or_else(|| rest.strip_prefix("w/"))
+            .unwrap_or(rest);
+        if let Some(quoted) = tag.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            rest = quoted.get(end + 1..).unwrap_or("");
+            quoted.get(..end)
+        } else {
+            let end = tag.find(',').unwrap_or(tag.len());
+            rest = tag.get(end..).unwrap_or("");
+            tag.get(..end).map(str::trim_end)
+        }
+    })
 }
 
 /// Whether the client's conditionals say its copy is current, so a 304 answers it. Only GET
@@ -218,6 +238,7 @@ mod tests {
             0
         ));
         assert!(not_modified(&h(&[("if-none-match", "*")]), &stored, 0));
+        assert!(not_modified(&h(&[("if-none-match", "abc")]), &stored, 0));
         assert!(!not_modified(&h(&[("if-none-match", "\"x\"")]), &stored, 0));
         // If-None-Match takes precedence over If-Modified-Since.
         let both = h(&[
@@ -225,6 +246,23 @@ mod tests {
             ("if-modified-since", "Thu, 01 Jan 2099 00:00:00 GMT"),
         ]);
         assert!(!not_modified(&both, &stored, 0));
+    }
+
+    #[test]
+    fn a_comma_inside_an_entity_tag_belongs_to_it() {
+        // `,` is an etagc (RFC 9110 section 8.8.3): `"a,b"` is one tag, not `"a` and `b"`.
+        let comma = h(&[("etag", "W/\"a,b\"")]);
+        let ask = |v: &str| h(&[("if-none-match", v)]);
+        assert!(not_modified(&ask("\"x\", \"a,b\""), &comma, 0));
+        assert!(not_modified(&ask("\"a,b\",\"x\""), &comma, 0));
+        assert!(!not_modified(&ask("\"a\", \"b\""), &comma, 0));
+        let plain = h(&[("etag", "\"a\"")]);
+        assert!(!not_modified(&ask("\"a,b\""), &plain, 0));
+        assert!(!not_modified(&ask("\"b,a\""), &plain, 0));
+        assert!(not_modified(&ask(" , W/\"a\" ,"), &plain, 0));
+        // An unterminated tag is taken to the end of the line.
+        assert!(!not_modified(&ask("\"a"), &h(&[("etag", "\"ab\"")]), 0));
+        assert!(not_modified(&ask("\"ab"), &h(&[("etag", "\"ab\"")]), 0));
     }
 
     #[test]
