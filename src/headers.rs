@@ -107,8 +107,11 @@ fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
     tokens(h.get_all(header::CONNECTION).iter())
 }
 
-/// The comma-separated tokens of a header's lines, trimmed.
-fn tokens<'a>(lines: impl Iterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a str> {
+/// The comma-separated tokens of a header's lines, trimmed (lines that are not visible
+/// ASCII are skipped). From either end: `X-Forwarded-For` is read from the right.
+pub fn tokens<'a>(
+    lines: impl DoubleEndedIterator<Item = &'a HeaderValue>,
+) -> impl DoubleEndedIterator<Item = &'a str> {
     lines
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

@@ -54,13 +54,9 @@ fn xff_client<'a>(ctx: &'a PickCtx<'a>, trusted: &[ipnet::IpNet]) -> IpAddr {
     if !is_trusted(&ctx.peer) {
         return ctx.peer;
     }
-    ctx.headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    crate::headers::tokens(ctx.headers.get_all("x-forwarded-for").iter())
         .rev()
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .filter_map(|s| s.parse::<IpAddr>().ok())
         .find(|ip| !is_trusted(ip))
         .unwrap_or(ctx.peer)
 }

@@ -188,12 +188,7 @@ pub fn storable(
     if h.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
-    let vary_all = h
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|n| n.trim() == "*");
+    let vary_all = crate::headers::tokens(h.get_all(header::VARY).iter()).any(|n| n == "*");
     if vary_all {
         return Err(NotStored::VaryAll);
     }
