@@ -34,12 +34,23 @@ impl TraceId {
     }
 }
 
-/// Writes `bytes` as lowercase hex into `out` (twice as long).
-pub(crate) fn hex(out: &mut [u8], bytes: &[u8]) {
+/// The two lowercase hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    t
+};
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long): one table load a byte, as
+/// this runs three times a request (trace id, span id, request id).
+pub(crate) fn hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
@@ -95,14 +106,15 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
                 return None;
             }
             let mut t = [0u8; 32];
-            hex(&mut t, &fastrand::u128(1..).to_be_bytes());
+            // All zeros is not a valid id; a full-range draw is cheaper than a ranged one.
+            hex(&mut t, &fastrand::u128(..).max(1).to_be_bytes());
             (t, *b"01", 0)
         }
     };
     // `00-<trace>-<span>-<flags>`, written in place: this runs for every request.
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
     out[3..35].copy_from_slice(&trace);
-    let span = fastrand::u64(1..);
+    let span = fastrand::u64(..).max(1);
     hex(&mut out[36..52], &span.to_be_bytes());
     out[53..55].copy_from_slice(&flags);
     if let Ok(v) = HeaderValue::from_bytes(&out) {
