@@ -49,12 +49,40 @@ fn valid_host(h: &[u8]) -> bool {
         Some(p) => p.len() <= 5 && p.iter().all(u8::is_ascii_digit),
     };
     let host_ok = host.starts_with(b"[")
-        || (!host.is_empty()
-            && host
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)));
+        || (!host.is_empty() && host.iter().all(|b| REG_NAME[usize::from(*b)]));
     port_ok && host_ok
 }
+
+/// The bytes of a reg-name (RFC 3986 section 3.2.2: unreserved, sub-delims and `%`), as a
+/// table: this runs for every request.
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        i += 1;
+    }
+    t
+};
 
 /// The authority a request is for, checked.
 fn authority(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
@@ -136,6 +164,14 @@ mod tests {
             b = b.header(header::HOST, *h);
         }
         b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_reg_name_table_is_the_rfc_set() {
+        for b in 0..=255u8 {
+            let rfc = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+            assert_eq!(REG_NAME[usize::from(b)], rfc, "byte {b}");
+        }
     }
 
     #[test]
