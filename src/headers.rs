@@ -133,7 +133,7 @@ pub fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 }
 
 /// Whether `ip` is one of the `trusted` proxies.
-fn trusted_peer(ip: &IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+pub fn trusted_peer(ip: &IpAddr, trusted: &[ipnet::IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(ip))
 }
 
@@ -144,12 +144,9 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: Option<&[ipnet::IpNet]>) 
     let Some(trusted) = trusted.filter(|t| trusted_peer(&peer, t)) else {
         return peer;
     };
-    h.get_all(&X_FORWARDED_FOR)
-        .iter()
+    tokens(h.get_all(&X_FORWARDED_FOR).iter())
         .rev()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.rsplit(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .filter_map(|s| s.parse::<IpAddr>().ok())
         .find(|ip| !trusted_peer(ip, trusted))
         .unwrap_or(peer)
 }

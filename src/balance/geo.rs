@@ -6,13 +6,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use metrics::Counter;
 
 use super::{Basic, Env, PickCtx};
 use crate::backend::Backend;
 use crate::config::{GeoConfig, RegionSource};
+use crate::headers::{client_ip, trusted_peer};
 use crate::metrics::GEO_DECISIONS_TOTAL;
 
 struct Group {
@@ -45,20 +45,6 @@ pub struct Geo {
     /// Every backend.
     all: Group,
     counters: [Counter; 4],
-}
-
-fn xff_client<'a>(ctx: &'a PickCtx<'a>, trusted: &[ipnet::IpNet]) -> IpAddr {
-    // Behind trusted proxies, the client is the right-most X-Forwarded-For entry that is not
-    // itself a trusted proxy.
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&ctx.peer) {
-        return ctx.peer;
-    }
-    crate::headers::tokens(ctx.headers.get_all("x-forwarded-for").iter())
-        .rev()
-        .filter_map(|s| s.parse::<IpAddr>().ok())
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(ctx.peer)
 }
 
 impl Geo {
@@ -129,11 +115,7 @@ impl Geo {
 
     /// The client's region, from the first source that yields one.
     pub fn client_region<'c>(&'c self, ctx: &'c PickCtx<'c>) -> Option<Cow<'c, str>> {
-        let peer_trusted = self
-            .cfg
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&ctx.peer));
+        let peer_trusted = trusted_peer(&ctx.peer, &self.cfg.trusted_proxies);
         for src in &self.cfg.sources {
             match src {
                 RegionSource::Header(h) => {
@@ -147,13 +129,13 @@ impl Geo {
                     }
                 }
                 RegionSource::Cidr(table) => {
-                    let ip = xff_client(ctx, &self.cfg.trusted_proxies);
+                    let ip = client_ip(ctx.peer, ctx.headers, Some(&self.cfg.trusted_proxies));
                     if let Some((_, r)) = table.iter().find(|(n, _)| n.contains(&ip)) {
                         return Some(Cow::Borrowed(r));
                     }
                 }
                 RegionSource::Mmdb(db) => {
-                    let ip = xff_client(ctx, &self.cfg.trusted_proxies);
+                    let ip = client_ip(ctx.peer, ctx.headers, Some(&self.cfg.trusted_proxies));
                     let country =
                         db.0.lookup::<maxminddb::geoip2::Country>(ip)
                             .ok()
