@@ -56,30 +56,17 @@ fn valid_host(h: &[u8]) -> bool {
 /// The bytes of a reg-name (RFC 3986 section 3.2.2: unreserved, sub-delims and `%`), as a
 /// table: this runs for every request.
 const REG_NAME: [bool; 256] = {
+    const OTHERS: &[u8] = b"-._~!$&'()*+,;=%";
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b'%'
-            );
+        t[i] = (i as u8).is_ascii_alphanumeric();
         i += 1;
+    }
+    let mut j = 0;
+    while j < OTHERS.len() {
+        t[OTHERS[j] as usize] = true;
+        j += 1;
     }
     t
 };
