@@ -43,7 +43,7 @@ impl Admin {
                     .map(|(i, b)| {
                         let (breaker, breaker_reason) = b.state.breaker_view(now);
                         let (opened, reused) = p.conns.get(i).map_or((0, 0), |c| c.stats());
-                        let parked = p.conns.get(i).map_or(0, |c| c.parked());
+                        let idle = p.conns.get(i).map_or(0, |c| c.idle());
                         let healthy = b.state.is_healthy();
                         let out = if let Some(why) = b.state.overrides.out() {
                             Some(format!("{why} (admin override)"))
@@ -70,7 +70,7 @@ impl Admin {
                             "usable": b.has_slot() && b.can_serve(now, false),
                             "connections_opened": opened,
                             "requests_reused": reused,
-                            "connections_parked": parked,
+                            "connections_parked": idle,
                             "reuse_ratio": (opened + reused > 0).then(|| {
                                 (reused as f64 / (opened + reused) as f64 * 1000.0).round() / 1000.0
                             }),

@@ -130,7 +130,13 @@ pub async fn tunnel(
         counters.error.increment(1);
         return Err(ProxyError::BadRequest("this connection cannot be upgraded"));
     };
-    let on_backend = hyper::upgrade::on(&mut fetched.resp);
+    let Some(backend_io) = fetched.resp.body_mut().take_upgraded() else {
+        counters.error.increment(1);
+        return Err(ProxyError::Upstream(
+            "-".to_owned(),
+            "a 101 that is not from an HTTP/1.1 connection".to_owned(),
+        ));
+    };
     let (mut head, _) = fetched.resp.into_parts();
     match ask {
         Ask::Http1 => {
@@ -162,16 +168,15 @@ pub async fn tunnel(
     let slot = fetched.slot;
     ctx.services.tasks.spawn(async move {
         let (_slot, _busy) = (slot, busy);
-        let (c, b) = tokio::join!(on_client, on_backend);
-        let (c, b) = match (c, b) {
-            (Ok(c), Ok(b)) => (c, b),
-            (Err(e), _) | (_, Err(e)) => {
+        let c = match on_client.await {
+            Ok(c) => c,
+            Err(e) => {
                 counters.error.increment(1);
                 return tracing::debug!(error = %e, "the upgrade did not complete");
             }
         };
         let open = OpenTunnel::new(&counters.open);
-        let done = tunnel::run(TokioIo::new(c), TokioIo::new(b), spec, &counters).await;
+        let done = tunnel::run(TokioIo::new(c), backend_io, spec, &counters).await;
         drop(open);
         line.write(&backend, attempts, decision, done);
     });

@@ -1,11 +1,11 @@
-//! Upstream connections: one pool per backend ([`BackendConns`], in `pool`), built on hyper's
-//! plain `client::conn::http1` and `http2` over TCP or TLS (`connect`), kept outside the config snapshot so that warm
-//! connections survive reloads. A request picks its backend's pool by index: no pool key is
+//! Upstream connections: one pool per backend ([`BackendConns`], in `pool`) over TCP or TLS
+//! (`connect`), speaking sandgate's own HTTP/1.1 client ([`h1`]) or hyper's HTTP/2 one, kept
+//! outside the config snapshot so that warm connections survive reloads. A request picks its backend's pool by index: no pool key is
 //! hashed and no lock is taken on the request path (idle connections sit in a lock-free
 //! queue). The registry ([`Upstreams`]) is consulted only when a snapshot is built.
 
 pub mod connect;
-mod park;
+pub mod h1;
 mod pool;
 
 use std::collections::HashMap;
@@ -88,18 +88,10 @@ impl Upstreams {
     }
 }
 
-/// How a failed exchange with a backend is answered.
+/// How a failed HTTP/2 exchange with a backend is answered.
 pub fn classify(e: &hyper::Error, backend: &str) -> ProxyError {
-    // The client's body went over the limit, stalled or broke while streaming: the request,
-    // not the backend, is at fault (the pipeline fills in the limit).
-    let chain = std::iter::successors(e.source(), |s: &&(dyn StdError + 'static)| (*s).source());
-    for s in chain {
-        if s.is::<LengthLimitError>() {
-            return ProxyError::BodyTooLarge(0);
-        }
-        if let Some(c) = s.downcast_ref::<ClientBodyError>() {
-            return client_body_error(c);
-        }
+    if let Some(c) = e.source().and_then(client_side) {
+        return c;
     }
     let mut msg = e.to_string();
     if let Some(s) = e.source() {
@@ -107,6 +99,18 @@ pub fn classify(e: &hyper::Error, backend: &str) -> ProxyError {
         msg.push_str(&s.to_string());
     }
     ProxyError::Upstream(backend.to_owned(), msg)
+}
+
+/// When `e` (or what caused it) is the client's body going over the limit, stalling or
+/// breaking while it streamed: the request, not the backend, is at fault (the pipeline fills
+/// in the limit).
+pub fn client_side(e: &(dyn StdError + 'static)) -> Option<ProxyError> {
+    std::iter::successors(Some(e), |s| (*s).source()).find_map(|s| {
+        if s.is::<LengthLimitError>() {
+            return Some(ProxyError::BodyTooLarge(0));
+        }
+        s.downcast_ref::<ClientBodyError>().map(client_body_error)
+    })
 }
 
 /// How a failed client body is answered: the client was too slow, or went away.

@@ -1,0 +1,282 @@
+//! The client against real sockets on 127.0.0.1: a scripted backend answers each request
+//! with the bytes the test gives it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// A backend that reads one request head (and `body` more bytes), answers `answer`, and
+/// returns what it read.
+async fn backend(
+    answer: &'static [u8],
+    body: usize,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before a head");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let head_end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| i + 4);
+        while got.len() < head_end + body {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(answer).await.expect("write");
+        // Hold the connection open a moment, so that an unread end is the client's doing.
+        let _ = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        got
+    });
+    (addr, task)
+}
+
+async fn conn(addr: std::net::SocketAddr) -> Conn {
+    Conn::new(crate::upstream::connect::Stream::Plain(
+        TcpStream::connect(addr).await.expect("connect"),
+    ))
+}
+
+fn get(path: &str) -> Request<UpstreamBody> {
+    Request::get(path)
+        .header("host", "sandbox")
+        .body(Either::Right(Full::new(Bytes::new())))
+        .expect("request")
+}
+
+async fn read_all(
+    mut resp: http::Response<Body>,
+) -> (Vec<u8>, Option<http::HeaderMap>, Option<Conn>) {
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(f) = resp.body_mut().frame().await {
+        let f = f.expect("body");
+        match f.into_data() {
+            Ok(d) => data.extend_from_slice(&d),
+            Err(f) => trailers = f.into_trailers().ok(),
+        }
+    }
+    let conn = resp.body_mut().take_reusable();
+    (data, trailers, conn)
+}
+
+#[tokio::test]
+async fn a_sized_response_gives_the_connection_back() {
+    let (addr, seen) = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0).await;
+    let resp = send(conn(addr).await, get("/a?b=c"), false)
+        .await
+        .ok()
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (data, _, back) = read_all(resp).await;
+    assert_eq!(data, b"hello");
+    let mut back = back.expect("reusable");
+    assert!(
+        back.buf.is_empty() && back.buf.capacity() == 0,
+        "an idle connection holds no buffer"
+    );
+    assert!(back.usable());
+    let seen = seen.await.expect("backend");
+    assert_eq!(seen, b"GET /a?b=c HTTP/1.1\r\nhost: sandbox\r\n\r\n");
+}
+
+#[tokio::test]
+async fn chunked_with_trailers_then_interim_skipped() {
+    let (addr, _seen) = backend(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 9\r\n\r\n",
+        0,
+    )
+    .await;
+    let resp = send(conn(addr).await, get("/"), false)
+        .await
+        .ok()
+        .expect("response");
+    let (data, trailers, back) = read_all(resp).await;
+    assert_eq!(data, b"abc");
+    assert_eq!(trailers.expect("trailers")["x-sum"], "9");
+    assert!(
+        back.is_some(),
+        "a complete chunked body leaves the connection usable"
+    );
+}
+
+#[tokio::test]
+async fn bytes_past_the_end_or_close_retire_the_connection() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"[..],
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    ] {
+        let (addr, _seen) = backend(answer, 0).await;
+        let resp = send(conn(addr).await, get("/"), false)
+            .await
+            .ok()
+            .expect("response");
+        let (data, _, back) = read_all(resp).await;
+        assert_eq!(data, b"ok");
+        assert!(back.is_none(), "{:?}", String::from_utf8_lossy(answer));
+    }
+}
+
+#[tokio::test]
+async fn a_close_delimited_body_reads_to_eof() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil")
+            .await
+            .expect("write");
+        s.write_all(b" close").await.expect("write");
+    });
+    let resp = send(conn(addr).await, get("/"), false)
+        .await
+        .ok()
+        .expect("response");
+    let (data, _, back) = read_all(resp).await;
+    assert_eq!(data, b"until close");
+    assert!(back.is_none());
+}
+
+#[tokio::test]
+async fn a_truncated_body_is_an_error() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+            .await
+            .expect("write");
+    });
+    let mut resp = send(conn(addr).await, get("/"), false)
+        .await
+        .ok()
+        .expect("response");
+    let mut errored = false;
+    while let Some(f) = resp.body_mut().frame().await {
+        if f.is_err() {
+            errored = true;
+        }
+    }
+    assert!(errored, "a body cut short must not look complete");
+    assert!(resp.body_mut().take_reusable().is_none());
+}
+
+#[tokio::test]
+async fn a_buffered_body_goes_with_its_length() {
+    let (addr, seen) = backend(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 4).await;
+    let req = Request::post("/up")
+        .header("host", "sandbox")
+        .body(Either::Right(Full::new(Bytes::from_static(b"data"))))
+        .expect("request");
+    let resp = send(conn(addr).await, req, false)
+        .await
+        .ok()
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let seen = seen.await.expect("backend");
+    assert_eq!(
+        String::from_utf8(seen).expect("ascii"),
+        "POST /up HTTP/1.1\r\nhost: sandbox\r\ncontent-length: 4\r\n\r\ndata"
+    );
+}
+
+#[tokio::test]
+async fn a_buffered_body_that_is_not_its_declared_length_is_not_sent() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let req = Request::post("/up")
+        .header("content-length", "9")
+        .body(Either::Right(Full::new(Bytes::from_static(b"data"))))
+        .expect("request");
+    let c = conn(addr).await;
+    let (mut s, _) = l.accept().await.expect("accept");
+    let failed = match send(c, req, false).await {
+        Err(f) => f,
+        Ok(_) => panic!("a body of 4 bytes went as 9"),
+    };
+    assert!(matches!(failed.error, Error::BodyLength));
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the connection closes")
+        .expect("read");
+    assert_eq!(n, 0, "nothing reached the backend");
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_by_the_backend_gives_an_idempotent_request_back() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        // Closed without a byte of answer, as a backend whose keep-alive timer fired.
+    });
+    let failed = match send(conn(addr).await, get("/again"), true).await {
+        Err(f) => f,
+        Ok(_) => panic!("no response was sent"),
+    };
+    assert!(matches!(failed.error, Error::Closed));
+    let back = failed
+        .unsent
+        .expect("a GET on a reused connection may go again");
+    assert_eq!(back.uri(), "/again");
+
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+    });
+    let post = Request::post("/once")
+        .body(Either::Right(Full::new(Bytes::from_static(b"x"))))
+        .expect("request");
+    let failed = match send(conn(addr).await, post, true).await {
+        Err(f) => f,
+        Ok(_) => panic!("no response was sent"),
+    };
+    assert!(
+        failed.unsent.is_none(),
+        "a POST that went out is not sent twice"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_backend_closed_is_not_usable() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let mut c = conn(addr).await;
+    let (s, _) = l.accept().await.expect("accept");
+    assert!(c.usable());
+    drop(s);
+    let closed = async {
+        while c.usable() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the close is noticed");
+}
