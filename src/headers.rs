@@ -31,7 +31,7 @@ const FIXED_HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Whether `n` is one of the fixed hop-by-hop headers.
-fn hop_by_hop(n: &HeaderName) -> bool {
+pub fn hop_by_hop(n: &HeaderName) -> bool {
     *n == header::CONNECTION
         || *n == KEEP_ALIVE
         || *n == PROXY_CONNECTION
@@ -40,6 +40,16 @@ fn hop_by_hop(n: &HeaderName) -> bool {
         || *n == header::TE
         || *n == header::TRANSFER_ENCODING
         || *n == header::UPGRADE
+}
+
+/// Whether a `Connection` token names a field beyond `close` and the fixed hop-by-hop set:
+/// that field is hop-by-hop too.
+pub fn names_another_field(token: &str) -> bool {
+    !token.is_empty()
+        && !token.eq_ignore_ascii_case("close")
+        && !FIXED_HOP_BY_HOP
+            .iter()
+            .any(|n| token.eq_ignore_ascii_case(n))
 }
 
 /// Removes hop-by-hop headers: the fixed set of RFC 9110 section 7.6.1 and any header named in
@@ -54,12 +64,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed = lines.iter().next().is_some();
     // Whether `Connection` names anything beyond `close` and the fixed set: only then is every
     // name checked against it.
-    let extra = listed
-        && tokens(lines.iter()).any(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("close")
-                && !FIXED_HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n))
-        });
+    let extra = listed && tokens(lines.iter()).any(names_another_field);
     // The common case: nothing to remove but `Connection` itself (a keep-alive backend's
     // `Connection: keep-alive`), found in one pass with nothing gathered.
     if !extra && !h.keys().any(|n| *n != header::CONNECTION && hop_by_hop(n)) {

@@ -320,7 +320,10 @@ pub async fn fetch(
                 "unexpected 101 Switching Protocols".to_owned(),
             ));
         }
-        headers::strip_hop_by_hop(resp.headers_mut());
+        // The pool's responses come without hop-by-hop fields, but a 101's.
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            headers::strip_hop_by_hop(resp.headers_mut());
+        }
         return Ok(Fetched {
             resp,
             slot: admitted.slot,

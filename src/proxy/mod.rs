@@ -83,6 +83,9 @@ pub async fn handle_parts(
     if explain::asked(&snap, &parts.headers, ctx.conn.peer.ip()) {
         x.tried.explain = Some(Box::default());
     }
+    // Room for the fields this hop adds (`traceparent`, `X-Forwarded-*`, `Via`,
+    // `X-Request-Id`, `Host`): the map grows once, not with each of them.
+    parts.headers.reserve(8);
     // This hop's `traceparent`, for the backend and the access log.
     x.trace = crate::trace::hop(&mut parts.headers, snap.trace_generate);
     let mut resp = match pipeline(ctx, &snap, parts, body, x).await {

@@ -100,7 +100,8 @@ impl BackendConns {
     }
 
     /// Sends `req` (origin-form target, `Host` set) and waits for the response head up to
-    /// `header_timeout` from the moment its body has been sent whole (`sent`).
+    /// `header_timeout` from the moment its body has been sent whole (`sent`). The response
+    /// carries no hop-by-hop fields, unless it is a `101`.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
@@ -164,10 +165,13 @@ impl BackendConns {
             Sender::H2(mut send) => {
                 self.h2_form(&mut req);
                 match send.try_send_request(req).await {
-                    Ok(resp) => Ok(resp.map(|body| Pooled {
-                        body: Inner::H2(body),
-                        back: None,
-                    })),
+                    Ok(mut resp) => {
+                        crate::headers::strip_hop_by_hop(resp.headers_mut());
+                        Ok(resp.map(|body| Pooled {
+                            body: Inner::H2(body),
+                            back: None,
+                        }))
+                    }
                     Err(mut e) => {
                         let back = e.take_message();
                         Err((classify(&e.into_error(), &self.authority), back))

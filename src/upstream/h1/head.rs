@@ -110,7 +110,8 @@ pub enum In {
 /// A final response head read off the wire.
 #[derive(Debug)]
 pub struct Response {
-    /// Status, version and header fields (header values share the read buffer).
+    /// Status, version and header fields (header values share the read buffer), without
+    /// the hop-by-hop ones unless it is a `101`.
     pub head: http::response::Parts,
     /// How its body is framed.
     pub framing: In,
@@ -191,6 +192,9 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
     }
     let head = buf.split_to(len).freeze();
     let slice = |off: u32, n: u32| head.slice(off as usize..(off + n) as usize);
+    // Hop-by-hop fields are this connection's and stay here (RFC 9110 section 7.6.1); a
+    // `101` keeps them, for the upgrade to be checked.
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut map = HeaderMap::with_capacity(fields);
     let mut seen = Seen::default();
     for &(no, nl, vo, vl) in &spans[..fields] {
@@ -198,7 +202,17 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
             .map_err(|_| HeadError::Field)?;
         let value = HeaderValue::from_maybe_shared(slice(vo, vl)).map_err(|_| HeadError::Field)?;
         seen.note(&name, &value);
-        map.append(name, value);
+        if upgrade || !headers::hop_by_hop(&name) {
+            map.append(name, value);
+        }
+    }
+    if !upgrade {
+        // Fields that `Connection` names are hop-by-hop too.
+        for token in headers::tokens(seen.listing.iter()) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                map.remove(name);
+            }
+        }
     }
     let version = if minor == Some(1) {
         Version::HTTP_11
@@ -216,7 +230,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
             }
         }
     }
-    let framing = response_framing(status, version, method, &seen, &map)?;
+    let framing = response_framing(status, version, method, &seen)?;
     let keep_alive = framing != In::Close
         && framing != In::Upgrade
         && !seen.close
@@ -239,7 +253,6 @@ fn response_framing(
     version: Version,
     method: &Method,
     seen: &Seen,
-    map: &HeaderMap,
 ) -> Result<In, HeadError> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok(In::Upgrade);
@@ -262,15 +275,7 @@ fn response_framing(
                 "both Transfer-Encoding and Content-Length",
             ));
         }
-        let codings = map.get_all(header::TRANSFER_ENCODING);
-        let named = || headers::tokens(codings.iter()).filter(|t| !t.is_empty());
-        let chunked = named()
-            .filter(|t| t.eq_ignore_ascii_case("chunked"))
-            .count();
-        let last_chunked = named()
-            .next_back()
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        return match (chunked, last_chunked) {
+        return match (seen.chunked, seen.last_chunked) {
             (1, true) => Ok(In::Chunked),
             (0 | 1, _) => Ok(In::Close),
             _ => Err(HeadError::Framing("chunked applied more than once")),
@@ -293,16 +298,28 @@ struct Seen {
     keep_alive: bool,
     /// A `Transfer-Encoding` field.
     te: bool,
+    /// How many times its codings name chunked.
+    chunked: u8,
+    /// Whether the last coding is chunked.
+    last_chunked: bool,
     /// `Content-Length` fields: None when there are none, Some(None) when they are invalid.
     length: Option<Option<u64>>,
+    /// `Connection` lines that name other fields (rare: most name none, or `close` or
+    /// `keep-alive`).
+    listing: Vec<HeaderValue>,
 }
 
 impl Seen {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if *name == header::CONNECTION {
+            let mut names = false;
             for t in headers::tokens(std::iter::once(value)) {
                 self.close |= t.eq_ignore_ascii_case("close");
                 self.keep_alive |= t.eq_ignore_ascii_case("keep-alive");
+                names |= headers::names_another_field(t);
+            }
+            if names {
+                self.listing.push(value.clone());
             }
         } else if *name == header::CONTENT_LENGTH {
             self.length = Some(match self.length {
@@ -313,6 +330,12 @@ impl Seen {
             });
         } else if *name == header::TRANSFER_ENCODING {
             self.te = true;
+            // A line that is not visible ASCII is a coding sandgate cannot name: not chunked.
+            self.last_chunked &= value.to_str().is_ok();
+            for t in headers::tokens(std::iter::once(value)).filter(|t| !t.is_empty()) {
+                self.last_chunked = t.eq_ignore_ascii_case("chunked");
+                self.chunked = self.chunked.saturating_add(u8::from(self.last_chunked));
+            }
         }
     }
 }

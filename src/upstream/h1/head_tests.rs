@@ -63,6 +63,17 @@ fn framing_follows_rfc_9112_section_6_3() {
 }
 
 #[test]
+fn a_coding_that_is_not_ascii_is_not_chunked() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \xffzip\r\n\r\n"[..],
+    );
+    match parse_response(&mut buf, &Method::GET) {
+        Ok(Parsed::Final(r)) => assert_eq!(r.framing, In::Close),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn ambiguous_framing_is_an_error() {
     for wire in [
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
@@ -140,6 +151,26 @@ fn a_head_is_taken_off_the_buffer_with_its_fields() {
         .extensions
         .get::<hyper::ext::ReasonPhrase>()
         .is_none());
+}
+
+#[test]
+fn hop_by_hop_fields_stay_on_the_connection() {
+    let r = final_head(
+        "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Trace\r\nKeep-Alive: timeout=5\r\nX-Trace: 1\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n",
+        Method::GET,
+    );
+    let mut names: Vec<_> = r.head.headers.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-length", "x-kept"]);
+    assert!(r.keep_alive);
+    let up = final_head(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        Method::GET,
+    );
+    assert_eq!(
+        up.head.headers["upgrade"], "websocket",
+        "a 101 keeps them to be checked"
+    );
 }
 
 #[test]
