@@ -117,7 +117,8 @@ pub async fn run(
                 (Arc::clone(&state), Arc::clone(&services), Arc::clone(&shed));
             async move {
                 let mut tick = tokio::time::interval(every);
-                // Idle backend connections are parked within a second of PARK_AFTER.
+                // Idle backend connections past their idle timeout, or closed by their backend, are
+                // closed within a second.
                 let mut reap = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     tokio::select! {

@@ -9,7 +9,8 @@
 //! file under `proxy/`: shedding and rate limits -> `router` -> body and upstream head ->
 //! select + admit (`balance` picks among `backend`s, whose state carries health and the
 //! `breaker`; `admission` takes the backend's in-flight slot or waits in the pool's FIFO
-//! queue) -> `upstream` (pooled client) with retries -> record -> decorate -> log (lines
+//! queue) -> `upstream` (pooled connections; sandgate's HTTP/1.1 client in `upstream::h1`,
+//! hyper's for HTTP/2) with retries -> record -> decorate -> log (lines
 //! through `accesslog`'s buffered writer). `body`
 //! streams the response and holds the slots until its last byte. An upgrade request
 //! (`proxy/upgrade.rs`) becomes a `tunnel` that keeps its slot until it closes. `headers`
