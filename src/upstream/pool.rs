@@ -125,8 +125,15 @@ impl BackendConns {
         // Only a pool that may speak HTTP/2 tells upgrades (which need HTTP/1.1) apart.
         let h2 = self.settings.transport.protocol != UpstreamProtocol::Http1;
         let upgrade = h2 && req.headers().contains_key(http::header::UPGRADE);
-        for _ in 0..STALE_TRIES {
-            let (sender, reused) = self.checkout(upgrade).await?;
+        // Pooled connections first; after STALE_TRIES of them turned out closed, a new one.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (sender, reused) = if tries <= STALE_TRIES {
+                self.checkout(upgrade).await?
+            } else {
+                (Box::pin(self.connect(upgrade)).await?, false)
+            };
             match self.try_send(sender, req, reused).await {
                 Ok(r) => return Ok(r),
                 // A pooled connection the backend closed as the request went out: it goes
@@ -138,8 +145,6 @@ impl BackendConns {
                 Err((e, _)) => return Err(e),
             }
         }
-        let sender = Box::pin(self.connect(upgrade)).await?;
-        self.try_send(sender, req, false).await.map_err(|(e, _)| e)
     }
 
     /// Sends on one connection. A failure comes with the request when it can go on another

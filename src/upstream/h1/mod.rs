@@ -192,7 +192,8 @@ pub async fn send(
     let mut early = None;
     let mut complete = true;
     if let (Either::Left(stream), Out::Length(_) | Out::Chunked) = (body, out) {
-        early = upload(&mut conn, stream, out, &method)
+        // Boxed: an upload's state would otherwise size every request's future.
+        early = Box::pin(upload(&mut conn, stream, out, &method))
             .await
             .map_err(|error| Failed {
                 error,
