@@ -270,7 +270,12 @@ pub async fn fetch(
             .unwrap_or(entry.timeouts.response_header);
         let sent_at = Instant::now();
         let result = entry.conns[admitted.index]
-            .send(Request::from_parts(head, body), timeout, &sent)
+            .send(
+                Request::from_parts(head, body),
+                timeout,
+                &sent,
+                backend.state.inflight(),
+            )
             .await;
 
         let outcome = match record::outcome(&backend.state, admitted.permit, &result, sent_at) {

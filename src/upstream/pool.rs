@@ -36,6 +36,15 @@ use crate::worker;
 /// Sends tried on pooled connections that turn out closed before the request goes out.
 const STALE_TRIES: usize = 3;
 
+/// Below this many requests in flight to a backend, a request's write waits for the end of
+/// the runtime's batch of ready tasks ([`h1::send`]). A lightly loaded backend sleeps between
+/// requests, and each write that finds it asleep wakes it: on one host that wake-up is a
+/// cross-CPU interrupt paid in sandgate's system time. Batched, the backend woke 0.06 times
+/// a request instead of 0.27, and sandgate's CPU a request fell 6% at 50 connections and 8%
+/// at 200. A busy backend never sleeps, and there the extra poll only cost (10% more CPU at
+/// 1000 connections; even at 500).
+const BATCH_BELOW: u64 = 256;
+
 struct Idle {
     conn: h1::Conn,
     since: Instant,
@@ -101,19 +110,21 @@ impl BackendConns {
 
     /// Sends `req` (origin-form target, `Host` set) and waits for the response head up to
     /// `header_timeout` from the moment its body has been sent whole (`sent`). The response
-    /// carries no hop-by-hop fields, unless it is a `101`.
+    /// carries no hop-by-hop fields, unless it is a `101`. `inflight`: the backend's
+    /// requests in flight, this one included (see [`BATCH_BELOW`]).
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
         header_timeout: Duration,
         sent: &Sent,
+        inflight: u64,
     ) -> Result<Response<Pooled>, ProxyError> {
         let deadline = async {
             sent.wait().await;
             tokio::time::sleep(header_timeout).await;
         };
         tokio::select! {
-            r = self.exchange(req) => r,
+            r = self.exchange(req, inflight < BATCH_BELOW) => r,
             () = deadline => Err(ProxyError::Timeout(self.authority.clone())),
         }
     }
@@ -121,6 +132,7 @@ impl BackendConns {
     async fn exchange(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
+        batch: bool,
     ) -> Result<Response<Pooled>, ProxyError> {
         // Only a pool that may speak HTTP/2 tells upgrades (which need HTTP/1.1) apart.
         let h2 = self.settings.transport.protocol != UpstreamProtocol::Http1;
@@ -134,7 +146,7 @@ impl BackendConns {
             } else {
                 (Box::pin(self.connect(upgrade)).await?, false)
             };
-            match self.try_send(sender, req, reused).await {
+            match self.try_send(sender, req, reused, batch).await {
                 Ok(r) => return Ok(r),
                 // A pooled connection the backend closed as the request went out: it goes
                 // on another connection.
@@ -154,9 +166,10 @@ impl BackendConns {
         sender: Sender,
         mut req: Request<UpstreamBody>,
         reused: bool,
+        batch: bool,
     ) -> Result<Response<Pooled>, (ProxyError, Option<Request<UpstreamBody>>)> {
         match sender {
-            Sender::H1(conn) => match h1::send(conn, req, reused).await {
+            Sender::H1(conn) => match h1::send(conn, req, reused, batch).await {
                 Ok(resp) => {
                     let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
                         .then(|| Arc::clone(self));

@@ -39,7 +39,10 @@ use head::{Out, Parsed};
 use super::connect::Stream;
 use super::UpstreamBody;
 
-/// The first read of a response reserves this much; reads that fill their buffer double it.
+/// The least a read reserves. Reads that fill what they reserved double it; reads that take
+/// less than a quarter of it halve it. The size carries over from one response to the next
+/// on a connection (it holds no memory while the connection is idle), so a backend that
+/// sends large bodies is read in large pieces from the start, as hyper's adaptive reads do.
 const READ_MIN: usize = 8 * 1024;
 /// The most one read takes.
 const READ_MAX: usize = 256 * 1024;
@@ -120,6 +123,8 @@ impl Conn {
         ))?;
         if n == room {
             self.read_size = (self.read_size * 2).min(READ_MAX);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_MIN);
         }
         Poll::Ready(Ok(n))
     }
@@ -128,7 +133,6 @@ impl Conn {
     fn release(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
-            self.read_size = READ_MIN;
         }
     }
 }
@@ -136,11 +140,14 @@ impl Conn {
 /// Sends `req` on `conn` (origin-form target, `Host` set) and reads the response head. The
 /// body streams from the returned response, which owns the connection until its end.
 /// `reused`: the connection carried a request before, so the backend may have closed it as
-/// the request went out.
+/// the request went out. `batch`: the request is written once the runtime has run the other
+/// tasks ready now, so that the requests of one batch reach the backend together and wake
+/// it once rather than once each (see [`super::BackendConns::send`]).
 pub async fn send(
     mut conn: Conn,
     req: Request<UpstreamBody>,
     reused: bool,
+    batch: bool,
 ) -> Result<http::Response<Body>, Failed> {
     let (mut head, mut body) = req.into_parts();
     let out = head::request_framing(&mut head, body.is_end_stream(), body.size_hint().exact());
@@ -179,6 +186,9 @@ pub async fn send(
         whole.clone().unwrap_or_default(),
         Bytes::new(),
     );
+    if batch {
+        tokio::task::yield_now().await;
+    }
     if let Err(e) = poll_fn(|cx| outbox.poll_write(cx, &mut conn.io)).await {
         let unsent = (outbox.sent == 0)
             .then(|| give_back(head, whole, body))

@@ -79,7 +79,7 @@ async fn read_all(
 #[tokio::test]
 async fn a_sized_response_gives_the_connection_back() {
     let (addr, seen) = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0).await;
-    let resp = send(conn(addr).await, get("/a?b=c"), false)
+    let resp = send(conn(addr).await, get("/a?b=c"), false, true)
         .await
         .ok()
         .expect("response");
@@ -103,7 +103,7 @@ async fn chunked_with_trailers_then_interim_skipped() {
         0,
     )
     .await;
-    let resp = send(conn(addr).await, get("/"), false)
+    let resp = send(conn(addr).await, get("/"), false, false)
         .await
         .ok()
         .expect("response");
@@ -123,7 +123,7 @@ async fn bytes_past_the_end_or_close_retire_the_connection() {
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
     ] {
         let (addr, _seen) = backend(answer, 0).await;
-        let resp = send(conn(addr).await, get("/"), false)
+        let resp = send(conn(addr).await, get("/"), false, false)
             .await
             .ok()
             .expect("response");
@@ -146,7 +146,7 @@ async fn a_close_delimited_body_reads_to_eof() {
             .expect("write");
         s.write_all(b" close").await.expect("write");
     });
-    let resp = send(conn(addr).await, get("/"), false)
+    let resp = send(conn(addr).await, get("/"), false, false)
         .await
         .ok()
         .expect("response");
@@ -167,7 +167,7 @@ async fn a_truncated_body_is_an_error() {
             .await
             .expect("write");
     });
-    let mut resp = send(conn(addr).await, get("/"), false)
+    let mut resp = send(conn(addr).await, get("/"), false, false)
         .await
         .ok()
         .expect("response");
@@ -188,7 +188,7 @@ async fn a_buffered_body_goes_with_its_length() {
         .header("host", "sandbox")
         .body(Either::Right(Full::new(Bytes::from_static(b"data"))))
         .expect("request");
-    let resp = send(conn(addr).await, req, false)
+    let resp = send(conn(addr).await, req, false, false)
         .await
         .ok()
         .expect("response");
@@ -210,7 +210,7 @@ async fn a_buffered_body_that_is_not_its_declared_length_is_not_sent() {
         .expect("request");
     let c = conn(addr).await;
     let (mut s, _) = l.accept().await.expect("accept");
-    let failed = match send(c, req, false).await {
+    let failed = match send(c, req, false, false).await {
         Err(f) => f,
         Ok(_) => panic!("a body of 4 bytes went as 9"),
     };
@@ -233,7 +233,7 @@ async fn a_reused_connection_closed_by_the_backend_gives_an_idempotent_request_b
         let _ = s.read(&mut buf).await;
         // Closed without a byte of answer, as a backend whose keep-alive timer fired.
     });
-    let failed = match send(conn(addr).await, get("/again"), true).await {
+    let failed = match send(conn(addr).await, get("/again"), true, false).await {
         Err(f) => f,
         Ok(_) => panic!("no response was sent"),
     };
@@ -253,7 +253,7 @@ async fn a_reused_connection_closed_by_the_backend_gives_an_idempotent_request_b
     let post = Request::post("/once")
         .body(Either::Right(Full::new(Bytes::from_static(b"x"))))
         .expect("request");
-    let failed = match send(conn(addr).await, post, true).await {
+    let failed = match send(conn(addr).await, post, true, false).await {
         Err(f) => f,
         Ok(_) => panic!("no response was sent"),
     };
@@ -279,4 +279,33 @@ async fn an_idle_connection_the_backend_closed_is_not_usable() {
     tokio::time::timeout(Duration::from_secs(5), closed)
         .await
         .expect("the close is noticed");
+}
+
+#[tokio::test]
+async fn a_batched_request_is_written_after_the_tasks_ready_before_it() {
+    for batch in [false, true] {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let c = conn(addr).await;
+        let (mut s, _) = l.accept().await.expect("accept");
+        // Ready before the request is sent: it runs as soon as the request's task waits.
+        let backend = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let arrived = s.try_read(&mut buf).is_ok_and(|n| n > 0);
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .expect("write");
+            (arrived, s)
+        });
+        let resp = send(c, get("/"), false, batch)
+            .await
+            .ok()
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let (arrived, _s) = backend.await.expect("backend");
+        assert_eq!(
+            arrived, !batch,
+            "batch {batch}: the request is written after the ready tasks ran"
+        );
+    }
 }
