@@ -15,6 +15,8 @@ use crate::headers;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields a response head may carry (hyper's default, too).
 const MAX_FIELDS: usize = 100;
+/// Fields a parsed response's map has room for beyond its own (see [`parse_response`]).
+const MAP_ROOM: usize = 16;
 
 /// How a request body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +197,11 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
     // Hop-by-hop fields are this connection's and stay here (RFC 9110 section 7.6.1); a
     // `101` keeps them, for the upgrade to be checked.
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut map = HeaderMap::with_capacity(fields);
+    // Room past the head's own fields: the response gets sandgate's fields, and hyper keeps
+    // this map (emptied) for the client connection's next request head, where this hop adds
+    // its own (`X-Forwarded-*`, `Via`, `traceparent`, ...). Without it that map grows once
+    // a request, rehashing every field (about 900 instructions).
+    let mut map = HeaderMap::with_capacity(fields + MAP_ROOM);
     let mut seen = Seen::default();
     for &(no, nl, vo, vl) in &spans[..fields] {
         let name = HeaderName::from_bytes(&head[no as usize..(no + nl) as usize])

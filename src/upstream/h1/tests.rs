@@ -53,6 +53,38 @@ async fn conn(addr: std::net::SocketAddr) -> Conn {
     ))
 }
 
+/// A backend that reads once and writes `pieces` one after another (none: it closes
+/// without a byte of answer).
+async fn scripted(pieces: &'static [&'static [u8]]) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        for piece in pieces {
+            s.write_all(piece).await.expect("write");
+        }
+    });
+    addr
+}
+
+/// The response to `req` sent on a fresh connection to `addr`, which must come.
+async fn respond(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> http::Response<Body> {
+    send(conn(addr).await, req, false, false)
+        .await
+        .ok()
+        .expect("response")
+}
+
+/// How sending `req` on a connection to `addr` that carried a request before fails.
+async fn fail_reused(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> Failed {
+    match send(conn(addr).await, req, true, false).await {
+        Err(f) => f,
+        Ok(_) => panic!("no response was sent"),
+    }
+}
+
 fn get(path: &str) -> Request<UpstreamBody> {
     Request::get(path)
         .header("host", "sandbox")
@@ -103,10 +135,7 @@ async fn chunked_with_trailers_then_interim_skipped() {
         0,
     )
     .await;
-    let resp = send(conn(addr).await, get("/"), false, false)
-        .await
-        .ok()
-        .expect("response");
+    let resp = respond(addr, get("/")).await;
     let (data, trailers, back) = read_all(resp).await;
     assert_eq!(data, b"abc");
     assert_eq!(trailers.expect("trailers")["x-sum"], "9");
@@ -123,10 +152,7 @@ async fn bytes_past_the_end_or_close_retire_the_connection() {
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
     ] {
         let (addr, _seen) = backend(answer, 0).await;
-        let resp = send(conn(addr).await, get("/"), false, false)
-            .await
-            .ok()
-            .expect("response");
+        let resp = respond(addr, get("/")).await;
         let (data, _, back) = read_all(resp).await;
         assert_eq!(data, b"ok");
         assert!(back.is_none(), "{:?}", String::from_utf8_lossy(answer));
@@ -135,21 +161,8 @@ async fn bytes_past_the_end_or_close_retire_the_connection() {
 
 #[tokio::test]
 async fn a_close_delimited_body_reads_to_eof() {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.expect("accept");
-        let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil")
-            .await
-            .expect("write");
-        s.write_all(b" close").await.expect("write");
-    });
-    let resp = send(conn(addr).await, get("/"), false, false)
-        .await
-        .ok()
-        .expect("response");
+    let addr = scripted(&[b"HTTP/1.1 200 OK\r\n\r\nuntil", b" close"]).await;
+    let resp = respond(addr, get("/")).await;
     let (data, _, back) = read_all(resp).await;
     assert_eq!(data, b"until close");
     assert!(back.is_none());
@@ -157,20 +170,8 @@ async fn a_close_delimited_body_reads_to_eof() {
 
 #[tokio::test]
 async fn a_truncated_body_is_an_error() {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.expect("accept");
-        let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
-            .await
-            .expect("write");
-    });
-    let mut resp = send(conn(addr).await, get("/"), false, false)
-        .await
-        .ok()
-        .expect("response");
+    let addr = scripted(&[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"]).await;
+    let mut resp = respond(addr, get("/")).await;
     let mut errored = false;
     while let Some(f) = resp.body_mut().frame().await {
         if f.is_err() {
@@ -188,10 +189,7 @@ async fn a_buffered_body_goes_with_its_length() {
         .header("host", "sandbox")
         .body(Either::Right(Full::new(Bytes::from_static(b"data"))))
         .expect("request");
-    let resp = send(conn(addr).await, req, false, false)
-        .await
-        .ok()
-        .expect("response");
+    let resp = respond(addr, req).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let seen = seen.await.expect("backend");
     assert_eq!(
@@ -225,38 +223,18 @@ async fn a_buffered_body_that_is_not_its_declared_length_is_not_sent() {
 
 #[tokio::test]
 async fn a_reused_connection_closed_by_the_backend_gives_an_idempotent_request_back() {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.expect("accept");
-        let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf).await;
-        // Closed without a byte of answer, as a backend whose keep-alive timer fired.
-    });
-    let failed = match send(conn(addr).await, get("/again"), true, false).await {
-        Err(f) => f,
-        Ok(_) => panic!("no response was sent"),
-    };
+    // Closed without a byte of answer, as a backend whose keep-alive timer fired.
+    let failed = fail_reused(scripted(&[]).await, get("/again")).await;
     assert!(matches!(failed.error, Error::Closed));
     let back = failed
         .unsent
         .expect("a GET on a reused connection may go again");
     assert_eq!(back.uri(), "/again");
 
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.expect("accept");
-        let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf).await;
-    });
     let post = Request::post("/once")
         .body(Either::Right(Full::new(Bytes::from_static(b"x"))))
         .expect("request");
-    let failed = match send(conn(addr).await, post, true, false).await {
-        Err(f) => f,
-        Ok(_) => panic!("no response was sent"),
-    };
+    let failed = fail_reused(scripted(&[]).await, post).await;
     assert!(
         failed.unsent.is_none(),
         "a POST that went out is not sent twice"
