@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Request path (hot, one snapshot load per request):
-//! `server` accepts (a PROXY protocol header in `proxy_header`, TLS in `tls`, connection shedding in `limit`; client timers in `conn`,
+//! `server` accepts (a PROXY protocol header in `proxy_header`, TLS in `tls`, connection shedding in `limit`; client timers in `conn` (the watchdog in `conn::watch`),
 //! idle HTTP/1 connections parked without buffers in `keepalive`) and hands each request to
 //! `proxy::handle`; `proxy/mod.rs` is the one place that orders the stages, each in its own
 //! file under `proxy/`: shedding and rate limits -> `router` -> body and upstream head ->
