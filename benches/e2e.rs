@@ -8,13 +8,14 @@
 //!
 //! Scenarios: small body at 50 and 1000 connections, 64 KiB body, h2c (10 connections × 10
 //! streams), p99 at a fixed 5k req/s, a stress ramp, a spike of 5,000 connections, RSS per
-//! idle keep-alive connection and after they close, and sandgate's access log on and off.
+//! idle keep-alive connection and after they close, sandgate's access log on and off, and
+//! 100 reloads under load (every request must succeed).
 //! Proxies or tools that are not installed are skipped with a message.
 //!
 //! Knobs: SANDGATE_BENCH_SECS (default 5), SANDGATE_BENCH_ROUNDS (default 3),
 //! SANDGATE_BENCH_IDLE (idle and spike connections, default 5000), SANDGATE_BENCH_ONLY
 //! (comma-separated scenarios: small-50, small-1000, 64k-50, h2c, rate-5k, log-on, stress,
-//! spike, idle; default all).
+//! spike, idle, reload; default all).
 
 use std::io::Write;
 use std::path::Path;
@@ -56,16 +57,17 @@ fn start(
     })
 }
 
-fn sandgate(dir: &Path, name: &'static str, origin: u16, log: bool) -> Option<Target> {
+/// sandgate pinned to CPU 0; with `log`, its log (that `RUST_LOG` filter) goes to
+/// `<name>.log` in `dir`.
+fn sandgate(dir: &Path, name: &'static str, origin: u16, log: Option<&str>) -> Option<Target> {
     let port = free_port();
     let cfg = dir.join(format!("{name}.yaml"));
     std::fs::write(&cfg, tools::sandgate_conf(port, origin)).ok()?;
     let mut cmd = limited(support::sandgate_bin(), Some(0));
     cmd.arg("run").arg("-c").arg(&cfg).stdout(Stdio::null());
-    if log {
-        let file = std::fs::File::create(dir.join("access.log")).ok()?;
-        cmd.env("RUST_LOG", "warn,sandgate::access=info")
-            .stderr(file);
+    if let Some(filter) = log {
+        let file = std::fs::File::create(dir.join(format!("{name}.log"))).ok()?;
+        cmd.env("RUST_LOG", filter).stderr(file);
     } else {
         cmd.env("RUST_LOG", "warn").stderr(Stdio::null());
     }
@@ -388,8 +390,10 @@ fn orchestrate() {
         pid: None,
         _proc: None,
     };
-    let sg = sandgate(dir.path(), "sandgate", origin_port, false).expect("sandgate starts");
-    let sg_log = sandgate(dir.path(), "sandgate+log", origin_port, true).expect("sandgate starts");
+    let sg = sandgate(dir.path(), "sandgate", origin_port, None).expect("sandgate starts");
+    let access = Some("warn,sandgate::access=info");
+    let sg_log =
+        sandgate(dir.path(), "sandgate+log", origin_port, access).expect("sandgate starts");
     let nginx = external(dir.path(), "nginx", origin_port);
     let haproxy = external(dir.path(), "haproxy", origin_port);
     let proxies: Vec<&Target> = [Some(&sg), nginx.as_ref(), haproxy.as_ref()]
@@ -434,5 +438,66 @@ fn orchestrate() {
     }
     if run("idle") {
         idle(&proxies, idle_conns);
+    }
+    if run("reload") {
+        reloads(dir.path(), origin_port);
+    }
+}
+
+/// SIGHUPs sent in the reload scenario, 100 ms apart.
+const RELOADS: u64 = 100;
+
+/// Reloads under load: [`RELOADS`] SIGHUPs to a sandgate of its own (logging its reloads,
+/// to count those applied) while wrk keeps 50 connections busy; every request must succeed.
+fn reloads(dir: &Path, origin: u16) {
+    if which("wrk").is_none() {
+        return;
+    }
+    let name = "sandgate+reload";
+    let Some(t) = sandgate(dir, name, origin, Some("warn,sandgate::reload=info")) else {
+        println!("{name}: did not start, skipped");
+        return;
+    };
+    let Some(pid) = t.pid else { return };
+    let hup = std::thread::spawn(move || {
+        // After wrk's connections are up; bounded by RELOADS.
+        std::thread::sleep(Duration::from_secs(1));
+        let mut sent = 0;
+        while sent < RELOADS {
+            let ok = std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sent
+    });
+    let secs = RELOADS / 10 + 3;
+    let args = [
+        "-t1".to_string(),
+        "-c50".into(),
+        format!("-d{secs}s"),
+        "--latency".into(),
+        format!("http://127.0.0.1:{}{SMALL_PATH}", t.port),
+    ];
+    let run = run_tool("wrk", &args, 1, t.pid);
+    let sent = hup.join().unwrap_or(0);
+    // Each applied reload logs one line.
+    let applied = std::fs::read_to_string(dir.join(format!("{name}.log")))
+        .map_or(0, |l| l.matches("config reloaded").count());
+    println!("\n### Reloads under load (wrk, 50 connections, a SIGHUP every 100 ms)\n");
+    match run {
+        Some(r) => println!(
+            "- {sent} SIGHUPs, {applied} reloads applied; {:.0} requests, {} failed; {:.0} req/s, p99 {} µs",
+            r.requests,
+            r.errors,
+            r.rps,
+            r.p99_us.map_or("-".into(), |p| format!("{p:.0}"))
+        ),
+        None => println!("- wrk did not run"),
     }
 }
