@@ -163,7 +163,7 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Upgrade | State::Length(0))
+        matches!(self.state, State::Done | State::Upgrade)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -162,21 +162,7 @@ impl Decoder {
 
 /// A chunk-size line for `len` bytes of data: the length in hex and CRLF.
 pub fn size_line(len: usize) -> Bytes {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut line = [0u8; 18];
-    let mut i = 16;
-    let mut n = len;
-    loop {
-        i -= 1;
-        line[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    line[16] = b'\r';
-    line[17] = b'\n';
-    Bytes::copy_from_slice(&line[i..])
+    Bytes::from(format!("{len:X}\r\n"))
 }
 
 #[cfg(test)]

@@ -331,8 +331,7 @@ impl Seen {
             self.length = Some(match self.length {
                 // Invalid stays invalid, whatever follows.
                 Some(None) => None,
-                Some(found) => lengths(value, found),
-                None => lengths(value, None),
+                found => lengths(value, found.flatten()),
             });
         } else if *name == header::TRANSFER_ENCODING {
             self.te = true;

@@ -257,13 +257,8 @@ fn idempotent(m: &Method) -> bool {
 async fn read_head(conn: &mut Conn, method: &Method) -> Result<Box<head::Response>, (Error, bool)> {
     let mut answered = !conn.buf.is_empty();
     loop {
-        while !conn.buf.is_empty() {
-            match head::parse_response(&mut conn.buf, method) {
-                Ok(Parsed::Final(r)) => return Ok(r),
-                Ok(Parsed::Interim(n)) => conn.buf.advance(n),
-                Ok(Parsed::Partial) => break,
-                Err(e) => return Err((e.into(), true)),
-            }
+        if let Some(r) = final_head(&mut conn.buf, method).map_err(|e| (e.into(), true))? {
+            return Ok(r);
         }
         match poll_fn(|cx| conn.poll_fill(cx)).await {
             Ok(0) => return Err((Error::Closed, answered)),
@@ -354,18 +349,26 @@ fn poll_early(
             Ok(_) => {}
             Err(e) => return Poll::Ready(Err(e.into())),
         }
-        loop {
-            match head::parse_response(&mut conn.buf, method) {
-                Ok(Parsed::Final(r)) => return Poll::Ready(Ok(r)),
-                Ok(Parsed::Interim(n)) => conn.buf.advance(n),
-                Ok(Parsed::Partial) => break,
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
-            if conn.buf.is_empty() {
-                break;
-            }
+        if let Some(r) = final_head(&mut conn.buf, method)? {
+            return Poll::Ready(Ok(r));
         }
     }
+}
+
+/// The final response head at the start of `buf`, taken off it with the interim ones before
+/// it; None while the bytes read hold no whole final head yet.
+fn final_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<Box<head::Response>>, head::HeadError> {
+    while !buf.is_empty() {
+        match head::parse_response(buf, method)? {
+            Parsed::Final(r) => return Ok(Some(r)),
+            Parsed::Interim(n) => buf.advance(n),
+            Parsed::Partial => break,
+        }
+    }
+    Ok(None)
 }
 
 /// Up to three buffers written in order with vectored writes, and how much went out in all.
