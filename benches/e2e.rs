@@ -459,23 +459,9 @@ fn reloads(dir: &Path, origin: u16) {
         return;
     };
     let Some(pid) = t.pid else { return };
-    let hup = std::thread::spawn(move || {
-        // After wrk's connections are up; bounded by RELOADS.
-        std::thread::sleep(Duration::from_secs(1));
-        let mut sent = 0;
-        while sent < RELOADS {
-            let ok = std::process::Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                break;
-            }
-            sent += 1;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        sent
-    });
+    // The first once wrk's connections are up.
+    let (after, every) = (Duration::from_secs(1), Duration::from_millis(100));
+    let hup = support::sighups(pid, after, every, RELOADS, Default::default());
     let secs = RELOADS / 10 + 3;
     let args = [
         "-t1".to_string(),

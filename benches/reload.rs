@@ -7,7 +7,6 @@
 //! and the difference: a reload runs off the request runtime, so p99 should barely move.
 //! (No MaxMind database is built here, so the mmdb part of a reload is not measured.)
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use std::time::Duration;
 mod support;
 
 use support::load::{env_u64, print_table, run_load};
-use support::{free_port, spawn_backend, spawn_sandgate};
+use support::{free_port, sighups, spawn_backend, spawn_sandgate};
 
 fn main() {
     support::main_with_load(orchestrate);
@@ -48,19 +47,9 @@ fn orchestrate() {
     );
     let quiet = run_load("no reload", sg_port, "/bench", &[pid], None);
     let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    let hup = std::thread::spawn(move || {
-        let mut n = 0u32;
-        // Bounded: at most 400 reloads (100 s at 4 a second).
-        while !s.load(Ordering::Relaxed) && n < 400 {
-            let _ = Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status();
-            n += 1;
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        n
-    });
+    // Bounded: at most 400 reloads (100 s at 4 a second).
+    let every = Duration::from_millis(250);
+    let hup = sighups(pid, Duration::ZERO, every, 400, Arc::clone(&stop));
     let busy = run_load("reload/250ms", sg_port, "/bench", &[pid], None);
     stop.store(true, Ordering::Relaxed);
     let reloads = hup.join().unwrap_or(0);

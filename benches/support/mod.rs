@@ -219,3 +219,30 @@ pub fn spawn_sandgate_on(dir: &std::path::Path, yaml: &str, port: u16, cpu: Opti
     assert!(wait_port(port), "sandgate did not start");
     p
 }
+
+/// Sends `pid` a SIGHUP every `every`, the first after `after`, until `stop` is set or `max`
+/// have been sent (or one cannot be); the thread returns how many were sent.
+pub fn sighups(
+    pid: u32,
+    after: Duration,
+    every: Duration,
+    max: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let mut sent = 0;
+        while sent < max && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let ok = std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(every);
+        }
+        sent
+    })
+}
