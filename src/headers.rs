@@ -1,17 +1,19 @@
 //! Header rewriting, pure: hop-by-hop stripping (including names listed in `Connection`),
-//! `X-Forwarded-*`, `Via`, and request ids.
+//! the fields sandgate adds upstream ([`Hop`]: `X-Forwarded-*`, `Via`, `X-Request-Id`,
+//! `traceparent`), and request ids.
 
 use std::net::IpAddr;
 
-use std::fmt::Write as _;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+mod hop;
+pub use hop::Hop;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// The value sandgate adds to `Via`.
@@ -156,67 +158,6 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: Option<&[ipnet::IpNet]>) 
         .unwrap_or(peer)
 }
 
-/// Adds the forwarding headers to a request going upstream from `peer`: its address goes to
-/// `X-Forwarded-For` (appended to the lines received, combined in order; or, with a
-/// `trusted_proxies` list the peer is not on, in place of them, and `Forwarded` is dropped),
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` are overwritten, and `Via` is added.
-pub fn add_forwarded(
-    h: &mut HeaderMap,
-    peer: IpAddr,
-    tls: bool,
-    host: Option<&HeaderValue>,
-    trusted: Option<&[ipnet::IpNet]>,
-) {
-    let believed = trusted.is_none_or(|t| trusted_peer(&peer, t));
-    let mut ip = [0u8; 15];
-    let peer_text: &[u8] = match peer {
-        IpAddr::V4(v4) => ipv4_text(v4, &mut ip),
-        IpAddr::V6(_) => &[],
-    };
-    let before = if believed {
-        h.get_all(&X_FORWARDED_FOR).iter().count()
-    } else {
-        h.remove(header::FORWARDED);
-        0
-    };
-    let value = if before == 0 && !peer_text.is_empty() {
-        // The common case: the client is the first hop, and its address is the whole value.
-        HeaderValue::from_bytes(peer_text).ok()
-    } else {
-        let mut xff = String::with_capacity(64);
-        if believed {
-            for v in h.get_all(&X_FORWARDED_FOR) {
-                let Ok(v) = v.to_str() else { continue };
-                let v = v.trim().trim_matches(',').trim();
-                if !v.is_empty() {
-                    xff.push_str(v);
-                    xff.push_str(", ");
-                }
-            }
-        }
-        // Writing to a String cannot fail.
-        let _ = write!(xff, "{peer}");
-        // From a String the header value takes the buffer over instead of copying it.
-        HeaderValue::try_from(xff).ok()
-    };
-    if let Some(v) = value {
-        h.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    match host {
-        Some(v) => {
-            h.insert(X_FORWARDED_HOST.clone(), v.clone());
-        }
-        None => {
-            h.remove(&X_FORWARDED_HOST);
-        }
-    }
-    h.append(header::VIA, VIA_VALUE.clone());
-}
-
 /// `a.b.c.d` in `buf`, without the formatting machinery (this runs for every request).
 pub fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &[u8] {
     let mut n = 0;
@@ -322,13 +263,6 @@ mod tests {
             let mut buf = [0u8; 15];
             assert_eq!(ipv4_text(a, &mut buf), a.to_string().as_bytes());
         }
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), true, None, None);
-        assert_eq!(h["x-forwarded-for"], "::1");
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "192.168.10.200".parse().unwrap(), true, None, None);
-        assert_eq!(h["x-forwarded-for"], "192.168.10.200");
-        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]
@@ -359,60 +293,22 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let host = HeaderValue::from_static("a.example");
-        add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            false,
-            Some(&host),
-            None,
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "a.example");
-        assert_eq!(h["via"], "1.1 sandgate");
-    }
-
-    #[test]
-    fn several_forwarded_for_lines_are_combined_and_trust_decides() {
+    fn the_client_behind_trusted_proxies_is_the_right_most_untrusted_entry() {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append(
             "x-forwarded-for",
             HeaderValue::from_static("2.2.2.2, 10.0.0.5"),
         );
-        h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let proxy: IpAddr = "10.0.0.9".parse().unwrap();
         let outsider: IpAddr = "8.8.8.8".parse().unwrap();
-        // Behind a trusted proxy, the client is the right-most untrusted entry.
         assert_eq!(
             client_ip(proxy, &h, Some(&trusted)),
             "2.2.2.2".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(outsider, &h, Some(&trusted)), outsider);
         assert_eq!(client_ip(proxy, &h, None), proxy, "no list: the peer");
-        let mut kept = h.clone();
-        add_forwarded(&mut kept, proxy, false, None, Some(&trusted));
-        assert_eq!(
-            kept["x-forwarded-for"],
-            "1.1.1.1, 2.2.2.2, 10.0.0.5, 10.0.0.9"
-        );
-        assert!(kept.contains_key("forwarded"));
-        let mut replaced = h.clone();
-        add_forwarded(&mut replaced, outsider, false, None, Some(&trusted));
-        assert_eq!(replaced["x-forwarded-for"], "8.8.8.8");
-        assert!(!replaced.contains_key("forwarded"));
-        let mut appended = h;
-        add_forwarded(&mut appended, outsider, false, None, None);
-        assert_eq!(
-            appended["x-forwarded-for"],
-            "1.1.1.1, 2.2.2.2, 10.0.0.5, 8.8.8.8"
-        );
     }
 
     #[test]

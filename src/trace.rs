@@ -3,9 +3,9 @@
 //! untouched); an invalid one is dropped with its `tracestate`; with none, sandgate starts a
 //! trace (sampled), unless `tracing.generate: false`. Pure, with randomness from `fastrand`.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// This hop's place in a trace: the trace id (as 32 lowercase hex digits), sandgate's span
@@ -19,6 +19,8 @@ pub struct TraceId {
     pub parent: u64,
     /// The sampled flag.
     pub sampled: bool,
+    /// The trace flags, as two hex digits.
+    flags: [u8; 2],
 }
 
 impl TraceId {
@@ -31,6 +33,16 @@ impl TraceId {
     /// The trace id as a number.
     pub fn trace(&self) -> u128 {
         u128::from_str_radix(self.as_str(), 16).unwrap_or(0)
+    }
+
+    /// The next hop's `traceparent`: `00-<trace>-<span>-<flags>`, with sandgate's span as
+    /// its parent.
+    pub fn traceparent(&self) -> [u8; 55] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        out[3..35].copy_from_slice(&self.hex);
+        hex(&mut out[36..52], &self.span.to_be_bytes());
+        out[53..55].copy_from_slice(&self.flags);
+        out
     }
 }
 
@@ -86,7 +98,10 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2], u64)> {
     })
 }
 
-/// Sets the request's `traceparent` for the next hop and returns the trace id, if any.
+/// This hop's place in the trace the request's `traceparent` names, or in a new one. The
+/// request's own `traceparent` leaves its head: the backend gets this hop's
+/// ([`TraceId::traceparent`], written with the other fields sandgate adds,
+/// [`crate::headers::Hop`]); an invalid one goes with its `tracestate`.
 pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
     let mut lines = h.get_all(&TRACEPARENT).iter();
     let incoming = match (lines.next(), lines.next()) {
@@ -96,7 +111,10 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
         (Some(_), Some(_)) => Some(None),
     };
     let (trace, flags, parent) = match incoming {
-        Some(Some(found)) => found,
+        Some(Some(found)) => {
+            h.remove(&TRACEPARENT);
+            found
+        }
         invalid_or_none => {
             if invalid_or_none.is_some() {
                 h.remove(&TRACEPARENT);
@@ -111,15 +129,6 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
             (t, *b"01", 0)
         }
     };
-    // `00-<trace>-<span>-<flags>`, written in place: this runs for every request.
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    out[3..35].copy_from_slice(&trace);
-    let span = fastrand::u64(..).max(1);
-    hex(&mut out[36..52], &span.to_be_bytes());
-    out[53..55].copy_from_slice(&flags);
-    if let Ok(v) = HeaderValue::from_bytes(&out) {
-        h.insert(TRACEPARENT.clone(), v);
-    }
     // Bit 0 of the flags is `sampled`: the last hex digit is odd.
     let sampled = matches!(
         flags[1],
@@ -127,15 +136,17 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
     );
     Some(TraceId {
         hex: trace,
-        span,
+        span: fastrand::u64(..).max(1),
         parent,
         sampled,
+        flags,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     fn with(tp: &[&str], ts: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -157,8 +168,11 @@ mod tests {
         assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(id.trace(), 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!((id.parent, id.sampled), (0x00f067aa0ba902b7, true));
-        let out = h[&TRACEPARENT].to_str().unwrap().to_owned();
-        assert_eq!(out.len(), 55);
+        assert!(
+            h.get(&TRACEPARENT).is_none(),
+            "the client's traceparent is replaced"
+        );
+        let out = String::from_utf8(id.traceparent().to_vec()).unwrap();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-01"));
         assert_ne!(
@@ -204,8 +218,11 @@ mod tests {
         assert_eq!(hop(&mut h, false), None);
         assert!(h.is_empty());
         let id = hop(&mut h, true).unwrap();
-        let out = h[&TRACEPARENT].to_str().unwrap();
-        let (trace, flags, parent) = parse(out.as_bytes()).expect("valid");
+        assert!(
+            h.is_empty(),
+            "the traceparent goes with the fields sandgate adds"
+        );
+        let (trace, flags, parent) = parse(&id.traceparent()).expect("valid");
         assert_eq!((&trace, flags), (&id.hex, *b"01"));
         assert_eq!(parent, id.span, "the next hop's parent is sandgate's span");
         assert_eq!((id.parent, id.sampled), (0, true));

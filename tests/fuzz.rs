@@ -129,7 +129,15 @@ proptest! {
         headers::strip_hop_by_hop(&mut h);
         prop_assert!(!h.contains_key(http::header::CONNECTION));
         let host = HeaderValue::from_static("a.example");
-        headers::add_forwarded(&mut h, peer, tls, Some(&host), trusted);
+        let id = HeaderValue::from_static("id1");
+        let hop = headers::Hop::take(&mut h, peer, tls, Some(&host), trusted, &id, None);
+        // The HTTP/1.1 path writes the fields as lines, which any parser takes.
+        let mut wire = Vec::new();
+        hop.write(&mut wire);
+        wire.extend_from_slice(b"\r\n");
+        let mut raw = [httparse::EMPTY_HEADER; 8];
+        prop_assert!(matches!(httparse::parse_headers(&wire, &mut raw), Ok(httparse::Status::Complete(_))));
+        hop.apply(&mut h);
         let xff = h.get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("");
         prop_assert!(xff.ends_with("10.1.2.3"), "the peer is last: {}", xff);
         prop_assert!(client == peer || trusted.is_some());

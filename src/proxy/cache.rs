@@ -56,16 +56,7 @@ impl ClientRequest {
         routed: &Routed,
         x: &Exchange,
     ) -> Result<Outgoing, ProxyError> {
-        forward::prepare(
-            snap,
-            routed,
-            self.parts,
-            self.body,
-            self.client,
-            &x.request_id,
-            x.start,
-        )
-        .await
+        forward::prepare(snap, routed, self.parts, self.body, self.client, x).await
     }
 }
 

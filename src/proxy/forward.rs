@@ -28,7 +28,7 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::limit::InflightSlot;
 use crate::proxy::admit::admit;
-use crate::proxy::exchange::{Client, Tried};
+use crate::proxy::exchange::{Client, Exchange, Tried};
 use crate::proxy::record::{self, Recorded};
 use crate::proxy::route::Routed;
 use crate::reqbody::{ClientBody, ClientBodyError, Sent};
@@ -63,20 +63,23 @@ impl ReqBody {
         matches!(self, ReqBody::Replay(_) | ReqBody::Stream(Some(_), _))
     }
 
-    /// The body for one try, and the signal that it has been sent.
-    fn take(&mut self) -> Option<(UpstreamBody, Arc<Sent>)> {
+    /// The body for one try, and the signal that it has been sent (None: it is whole
+    /// already).
+    fn take(&mut self) -> Option<(UpstreamBody, Option<Arc<Sent>>)> {
         match self {
-            ReqBody::Stream(b, sent) => b.take().map(|b| (Either::Left(b), Arc::clone(sent))),
-            ReqBody::Replay(b) => Some((Either::Right(Full::new(b.clone())), Sent::already())),
+            ReqBody::Stream(b, sent) => b.take().map(|b| (Either::Left(b), Some(Arc::clone(sent)))),
+            ReqBody::Replay(b) => Some((Either::Right(Full::new(b.clone())), None)),
         }
     }
 }
 
 /// A request on its way to a pool, reused for every try.
 pub struct Outgoing {
-    /// The upstream head: HTTP/1.1, hop-by-hop headers removed, forwarding headers added. Its
-    /// URI is set per try.
+    /// The upstream head: HTTP/1.1, hop-by-hop headers removed, and the client's copies of
+    /// the fields `hop` sets. Its URI is set per try.
     pub head: Parts,
+    /// The fields this hop adds (`X-Forwarded-*`, `Via`, `X-Request-Id`, `traceparent`).
+    pub hop: headers::Hop,
     /// Path and query of the request target.
     pub path: PathAndQuery,
     /// The body.
@@ -125,8 +128,7 @@ pub async fn prepare(
     mut parts: Parts,
     body: Option<Incoming>,
     client: Client,
-    request_id: &HeaderValue,
-    start: Instant,
+    x: &Exchange,
 ) -> Result<Outgoing, ProxyError> {
     let max_body = snap.limits.max_request_body;
     let entry = snap.pools.get(routed.pool).ok_or(ProxyError::NoRoute)?;
@@ -167,16 +169,15 @@ pub async fn prepare(
     if let Some(h) = &routed.host {
         parts.headers.insert(header::HOST, h.clone());
     }
-    headers::add_forwarded(
+    let hop = headers::Hop::take(
         &mut parts.headers,
         client.peer,
         client.tls,
         routed.host.as_ref(),
         snap.trusted_proxies.as_deref(),
+        &x.request_id,
+        x.trace.as_ref(),
     );
-    parts
-        .headers
-        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     let route_class = snap
         .route_priority
         .get(routed.index)
@@ -195,10 +196,11 @@ pub async fn prepare(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     Ok(Outgoing {
         head: parts,
+        hop,
         path,
         body,
         client,
-        start,
+        start: x.start,
         upgrade: false,
         priority,
     })
@@ -272,8 +274,9 @@ pub async fn fetch(
         let result = entry.conns[admitted.index]
             .send(
                 Request::from_parts(head, body),
+                &out.hop,
                 timeout,
-                &sent,
+                sent.as_deref(),
                 backend.state.inflight(),
             )
             .await;

@@ -83,10 +83,11 @@ pub async fn handle_parts(
     if explain::asked(&snap, &parts.headers, ctx.conn.peer.ip()) {
         x.tried.explain = Some(Box::default());
     }
-    // Room for the fields this hop adds (`traceparent`, `X-Forwarded-*`, `Via`,
-    // `X-Request-Id`, `Host`): the map grows once, not with each of them.
+    // Room for the fields a stage may add (`Host`, and on HTTP/2 to a backend the hop's
+    // `X-Forwarded-*`, `Via`, `X-Request-Id`, `traceparent`): the map grows once, not with
+    // each of them.
     parts.headers.reserve(8);
-    // This hop's `traceparent`, for the backend and the access log.
+    // This hop's place in the trace, for the backend and the access log.
     x.trace = crate::trace::hop(&mut parts.headers, snap.trace_generate);
     let mut resp = match pipeline(ctx, &snap, parts, body, x).await {
         Ok(r) => r,
@@ -150,7 +151,7 @@ async fn pipeline(
         // Boxed: the cache's states would otherwise size every request's future.
         return Box::pin(cache::serve(ctx, snap, rc, &routed, req, inflight, x)).await;
     }
-    let out = forward::prepare(snap, &routed, parts, body, client, &x.request_id, x.start).await?;
+    let out = forward::prepare(snap, &routed, parts, body, client, x).await?;
     let mut fetched = forward::fetch(snap, routed.pool, out, &mut x.tried).await?;
     x.via = true;
     x.set_cookie = fetched.set_cookie.take();

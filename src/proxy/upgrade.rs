@@ -106,8 +106,7 @@ pub async fn tunnel(
         }
     }
     let fetched = async {
-        let mut out =
-            forward::prepare(snap, routed, parts, None, client, &x.request_id, x.start).await?;
+        let mut out = forward::prepare(snap, routed, parts, None, client, x).await?;
         out.upgrade = true;
         out.head.headers.insert(header::UPGRADE, WEBSOCKET.clone());
         out.head.headers.insert(header::CONNECTION, UPGRADE.clone());

@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode, Version};
 
-use crate::headers;
+use crate::headers::{self, Hop};
 
 /// The longest response head sandgate reads from a backend; a longer one is a `502`.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -63,8 +63,9 @@ pub fn request_framing(head: &mut Parts, empty: bool, exact: Option<u64>) -> Out
     }
 }
 
-/// Writes the request line and header fields of `head` (origin-form target, HTTP/1.1).
-pub fn encode_request(head: &Parts, out: &mut Vec<u8>) {
+/// Writes the request line and header fields of `head` (origin-form target, HTTP/1.1), and
+/// after them the fields this `hop` adds.
+pub fn encode_request(head: &Parts, hop: &Hop, out: &mut Vec<u8>) {
     let target = head
         .uri
         .path_and_query()
@@ -75,23 +76,37 @@ pub fn encode_request(head: &Parts, out: &mut Vec<u8>) {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    out.reserve(head.method.as_str().len() + target.len() + 13 + fields + 2);
+    out.reserve(head.method.as_str().len() + target.len() + 13 + fields + hop.wire_len() + 2);
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_fields(&head.headers, out);
+    if hop.replaces_any() {
+        for (name, value) in &head.headers {
+            if !hop.replaces(name) {
+                field(out, name, value);
+            }
+        }
+    } else {
+        write_fields(&head.headers, out);
+    }
+    hop.write(out);
     out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `name: value` lines.
 pub fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name, value);
     }
+}
+
+/// Writes one `name: value` line.
+fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How a response body is framed on the wire.

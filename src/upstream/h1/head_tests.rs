@@ -208,10 +208,22 @@ fn request_framing_and_head() {
     assert_eq!(request_framing(&mut head, false, None), Out::Chunked);
     assert_eq!(head.headers["transfer-encoding"], "chunked");
     let mut wire = Vec::new();
-    encode_request(&head, &mut wire);
+    let hop = Hop::take(
+        &mut HeaderMap::new(),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        false,
+        None,
+        None,
+        &HeaderValue::from_static("id1"),
+        None,
+    );
+    encode_request(&head, &hop, &mut wire);
     assert_eq!(
         String::from_utf8(wire).expect("ascii"),
-        "POST /up?x=1 HTTP/1.1\r\nhost: sandbox\r\ntransfer-encoding: chunked\r\n\r\n"
+        "POST /up?x=1 HTTP/1.1\r\nhost: sandbox\r\ntransfer-encoding: chunked\r\n\
+         x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nvia: 1.1 sandgate\r\n\
+         x-request-id: id1\r\n\r\n",
+        "the hop's fields come after the request's own"
     );
 
     let (mut sized, ()) = http::Request::put("/")

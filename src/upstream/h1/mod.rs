@@ -38,6 +38,7 @@ use head::{Out, Parsed};
 
 use super::connect::Stream;
 use super::UpstreamBody;
+use crate::headers::Hop;
 
 /// The least a read reserves. Reads that fill what they reserved double it; reads that take
 /// less than a quarter of it halve it. The size carries over from one response to the next
@@ -146,6 +147,7 @@ impl Conn {
 pub async fn send(
     mut conn: Conn,
     req: Request<UpstreamBody>,
+    hop: &Hop,
     reused: bool,
     batch: bool,
 ) -> Result<http::Response<Body>, Failed> {
@@ -179,7 +181,7 @@ pub async fn send(
         Some(Request::from_parts(head, body))
     };
     let mut wire = Vec::new();
-    head::encode_request(&head, &mut wire);
+    head::encode_request(&head, hop, &mut wire);
     let mut outbox = Outbox::default();
     outbox.set(
         Bytes::from(wire),

@@ -11,6 +11,23 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 
+/// The fields a first hop from 127.0.0.1 adds.
+fn hop() -> Hop {
+    Hop::take(
+        &mut http::HeaderMap::new(),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        false,
+        None,
+        None,
+        &http::HeaderValue::from_static("id1"),
+        None,
+    )
+}
+
+/// The lines [`hop`] adds to each request head.
+const HOP_LINES: &str =
+    "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nvia: 1.1 sandgate\r\nx-request-id: id1\r\n";
+
 /// A backend that reads one request head (and `body` more bytes), answers `answer`, and
 /// returns what it read.
 async fn backend(
@@ -71,7 +88,7 @@ async fn scripted(pieces: &'static [&'static [u8]]) -> std::net::SocketAddr {
 
 /// The response to `req` sent on a fresh connection to `addr`, which must come.
 async fn respond(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> http::Response<Body> {
-    send(conn(addr).await, req, false, false)
+    send(conn(addr).await, req, &hop(), false, false)
         .await
         .ok()
         .expect("response")
@@ -79,7 +96,7 @@ async fn respond(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> http
 
 /// How sending `req` on a connection to `addr` that carried a request before fails.
 async fn fail_reused(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> Failed {
-    match send(conn(addr).await, req, true, false).await {
+    match send(conn(addr).await, req, &hop(), true, false).await {
         Err(f) => f,
         Ok(_) => panic!("no response was sent"),
     }
@@ -111,7 +128,7 @@ async fn read_all(
 #[tokio::test]
 async fn a_sized_response_gives_the_connection_back() {
     let (addr, seen) = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0).await;
-    let resp = send(conn(addr).await, get("/a?b=c"), false, true)
+    let resp = send(conn(addr).await, get("/a?b=c"), &hop(), false, true)
         .await
         .ok()
         .expect("response");
@@ -125,7 +142,10 @@ async fn a_sized_response_gives_the_connection_back() {
     );
     assert!(back.usable());
     let seen = seen.await.expect("backend");
-    assert_eq!(seen, b"GET /a?b=c HTTP/1.1\r\nhost: sandbox\r\n\r\n");
+    assert_eq!(
+        String::from_utf8(seen).expect("ascii"),
+        format!("GET /a?b=c HTTP/1.1\r\nhost: sandbox\r\n{HOP_LINES}\r\n")
+    );
 }
 
 #[tokio::test]
@@ -194,7 +214,7 @@ async fn a_buffered_body_goes_with_its_length() {
     let seen = seen.await.expect("backend");
     assert_eq!(
         String::from_utf8(seen).expect("ascii"),
-        "POST /up HTTP/1.1\r\nhost: sandbox\r\ncontent-length: 4\r\n\r\ndata"
+        format!("POST /up HTTP/1.1\r\nhost: sandbox\r\ncontent-length: 4\r\n{HOP_LINES}\r\ndata")
     );
 }
 
@@ -208,7 +228,7 @@ async fn a_buffered_body_that_is_not_its_declared_length_is_not_sent() {
         .expect("request");
     let c = conn(addr).await;
     let (mut s, _) = l.accept().await.expect("accept");
-    let failed = match send(c, req, false, false).await {
+    let failed = match send(c, req, &hop(), false, false).await {
         Err(f) => f,
         Ok(_) => panic!("a body of 4 bytes went as 9"),
     };
@@ -275,7 +295,7 @@ async fn a_batched_request_is_written_after_the_tasks_ready_before_it() {
                 .expect("write");
             (arrived, s)
         });
-        let resp = send(c, get("/"), false, batch)
+        let resp = send(c, get("/"), &hop(), false, batch)
             .await
             .ok()
             .expect("response");
