@@ -212,10 +212,10 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
     // Hop-by-hop fields are this connection's and stay here (RFC 9110 section 7.6.1); a
     // `101` keeps them, for the upgrade to be checked.
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    // Room past the head's own fields: the response gets sandgate's fields, and hyper keeps
-    // this map (emptied) for the client connection's next request head, where this hop adds
-    // its own (`X-Forwarded-*`, `Via`, `traceparent`, ...). Without it that map grows once
-    // a request, rehashing every field (about 900 instructions).
+    // Room past the head's own fields: the response gets sandgate's fields (`Via`,
+    // `X-Request-Id`, ...), and hyper keeps this map (emptied) for the client connection's
+    // next request head, which may carry more fields than this response. Without it that map
+    // grew once a request, rehashing every field (about 900 instructions).
     let mut map = HeaderMap::with_capacity(fields + MAP_ROOM);
     let mut seen = Seen::default();
     for &(no, nl, vo, vl) in &spans[..fields] {
