@@ -190,7 +190,7 @@ async fn websocket_over_http2_extended_connect_is_bridged_to_an_http1_upgrade() 
     echo(&mut ws, Message::text("over h2")).await;
     echo(&mut ws, Message::binary(vec![9u8; 70_000])).await;
     assert_eq!(b.open(), 1);
-    ws.close(None).await.unwrap();
+    close_h2(&mut ws).await;
     wait_until(|| b.open() == 0).await;
 }
 
@@ -345,6 +345,6 @@ async fn websocket_echo_over_a_tls_listener() {
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (_, mut ws) = ws_over_h2(tls, "https://api.test", "/tls-h2").await;
     echo(&mut ws, Message::text("over tls and h2")).await;
-    ws.close(None).await.unwrap();
+    close_h2(&mut ws).await;
     wait_until(|| b.open() == 0).await;
 }

@@ -177,3 +177,20 @@ where
         .expect("a good message");
     assert_eq!(got, m);
 }
+
+/// Closes a WebSocket carried on an HTTP/2 stream (RFC 8441). Once the backend has answered
+/// the close frame and gone, sandgate ends the stream, and HTTP/2 tells the client to stop
+/// sending with `RST_STREAM(NO_ERROR)` (RFC 9113 section 8.1): a flush that comes after that
+/// reports the reset, though the frame went out (the caller checks that the backend saw it
+/// close). Any other error fails.
+pub async fn close_h2<S>(ws: &mut WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = ws.close(None).await {
+        assert!(
+            format!("{e:?}").contains("NO_ERROR"),
+            "closing failed: {e:?}"
+        );
+    }
+}
