@@ -14,7 +14,8 @@
 //! through `accesslog`'s buffered writer). `body`
 //! streams the response and holds the slots until its last byte. An upgrade request
 //! (`proxy/upgrade.rs`) becomes a `tunnel` that keeps its slot until it closes. `headers`
-//! rewrites headers;
+//! rewrites headers, and `headers::Hop` holds the fields this hop adds upstream, which the
+//! HTTP/1.1 encoder writes after the request's own;
 //! `error` maps every failure to one status and JSON body.
 //!
 //! Reload path (cold, one writer): `reload` watches the file and SIGHUP, `config` parses and
