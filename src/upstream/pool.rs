@@ -47,6 +47,10 @@ const STALE_TRIES: usize = 3;
 /// 1000 connections; even at 500).
 const BATCH_BELOW: u64 = 256;
 
+/// Marks a request whose map holds the hop's fields: it went to an HTTP/2 connection once.
+#[derive(Clone, Copy)]
+struct HopApplied;
+
 struct Idle {
     conn: h1::Conn,
     since: Instant,
@@ -203,22 +207,37 @@ impl BackendConns {
         batch: bool,
     ) -> Result<Response<Pooled>, (ProxyError, Option<Request<UpstreamBody>>)> {
         match sender {
-            Sender::H1(conn) => match h1::send(conn, req, hop, reused, batch).await {
-                Ok(resp) => {
-                    let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| Arc::clone(self));
-                    Ok(resp.map(|body| Pooled {
-                        body: Inner::H1(body),
-                        back,
-                    }))
+            Sender::H1(conn) => {
+                // A request given back by an HTTP/2 connection (`protocol: auto`, where the
+                // next connection may speak HTTP/1.1) is in HTTP/2 form, with the hop's
+                // fields in its map already.
+                if req.version() == http::Version::HTTP_2 {
+                    h1::head::h1_form(&mut req);
                 }
-                Err(f) => Err((self.h1_error(f.error), f.unsent)),
-            },
+                let hop = req
+                    .extensions()
+                    .get::<HopApplied>()
+                    .is_none()
+                    .then_some(hop);
+                match h1::send(conn, req, hop, reused, batch).await {
+                    Ok(resp) => {
+                        let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                            .then(|| Arc::clone(self));
+                        Ok(resp.map(|body| Pooled {
+                            body: Inner::H1(body),
+                            back,
+                        }))
+                    }
+                    Err(f) => Err((self.h1_error(f.error), f.unsent)),
+                }
+            }
             Sender::H2(mut send) => {
-                // A request given back by a connection that closed is in HTTP/2 form, with
-                // the hop's fields, already.
-                if req.version() != http::Version::HTTP_2 {
+                if req.extensions().get::<HopApplied>().is_none() {
                     hop.apply(req.headers_mut());
+                    req.extensions_mut().insert(HopApplied);
+                }
+                // A request given back by a connection that closed is in this form already.
+                if req.version() != http::Version::HTTP_2 {
                     self.h2_form(&mut req);
                 }
                 match send.try_send_request(req).await {

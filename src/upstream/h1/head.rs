@@ -64,8 +64,8 @@ pub fn request_framing(head: &mut Parts, empty: bool, exact: Option<u64>) -> Out
 }
 
 /// Writes the request line and header fields of `head` (origin-form target, HTTP/1.1), and
-/// after them the fields this `hop` adds.
-pub fn encode_request(head: &Parts, hop: &Hop, out: &mut Vec<u8>) {
+/// after them the fields this `hop` adds, if any.
+pub fn encode_request(head: &Parts, hop: Option<&Hop>, out: &mut Vec<u8>) {
     let target = head
         .uri
         .path_and_query()
@@ -76,22 +76,40 @@ pub fn encode_request(head: &Parts, hop: &Hop, out: &mut Vec<u8>) {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    out.reserve(head.method.as_str().len() + target.len() + 13 + fields + hop.wire_len() + 2);
+    let added = hop.map_or(0, Hop::wire_len);
+    out.reserve(head.method.as_str().len() + target.len() + 13 + fields + added + 2);
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if hop.replaces_any() {
-        for (name, value) in &head.headers {
-            if !hop.replaces(name) {
-                field(out, name, value);
+    match hop {
+        Some(hop) if hop.replaces_any() => {
+            for (name, value) in &head.headers {
+                if !hop.replaces(name) {
+                    field(out, name, value);
+                }
             }
         }
-    } else {
-        write_fields(&head.headers, out);
+        _ => write_fields(&head.headers, out),
     }
-    hop.write(out);
+    if let Some(hop) = hop {
+        hop.write(out);
+    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Puts a request that an HTTP/2 connection gave back (absolute target, no `Host`) back in
+/// HTTP/1.1 form: `Host` from the target's authority. The target is written in origin form
+/// whatever the URI holds.
+pub fn h1_form<B>(req: &mut http::Request<B>) {
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(h) = host {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    *req.version_mut() = Version::HTTP_11;
 }
 
 /// Writes `name: value` lines.

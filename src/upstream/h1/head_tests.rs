@@ -217,13 +217,21 @@ fn request_framing_and_head() {
         &HeaderValue::from_static("id1"),
         None,
     );
-    encode_request(&head, &hop, &mut wire);
+    encode_request(&head, Some(&hop), &mut wire);
     assert_eq!(
         String::from_utf8(wire).expect("ascii"),
         "POST /up?x=1 HTTP/1.1\r\nhost: sandbox\r\ntransfer-encoding: chunked\r\n\
          x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nvia: 1.1 sandgate\r\n\
          x-request-id: id1\r\n\r\n",
         "the hop's fields come after the request's own"
+    );
+    // A head whose map holds the hop's fields already (it went to an HTTP/2 connection
+    // first) goes as it is.
+    let mut as_is = Vec::new();
+    encode_request(&head, None, &mut as_is);
+    assert_eq!(
+        String::from_utf8(as_is).expect("ascii"),
+        "POST /up?x=1 HTTP/1.1\r\nhost: sandbox\r\ntransfer-encoding: chunked\r\n\r\n"
     );
 
     let (mut sized, ()) = http::Request::put("/")
@@ -246,4 +254,19 @@ fn request_framing_and_head() {
         .into_parts();
     assert_eq!(request_framing(&mut get, true, Some(0)), Out::Empty);
     assert!(get.headers.is_empty());
+}
+
+#[test]
+fn a_request_given_back_in_http2_form_gets_its_host_again() {
+    let mut req = http::Request::get("https://sandbox.example:8443/a?b=c")
+        .version(Version::HTTP_2)
+        .body(())
+        .expect("request");
+    h1_form(&mut req);
+    assert_eq!(req.version(), Version::HTTP_11);
+    assert_eq!(req.headers()["host"], "sandbox.example:8443");
+    let (head, ()) = req.into_parts();
+    let mut wire = Vec::new();
+    encode_request(&head, None, &mut wire);
+    assert!(wire.starts_with(b"GET /a?b=c HTTP/1.1\r\nhost: sandbox.example:8443\r\n"));
 }

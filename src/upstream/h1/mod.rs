@@ -138,8 +138,9 @@ impl Conn {
     }
 }
 
-/// Sends `req` on `conn` (origin-form target, `Host` set) and reads the response head. The
-/// body streams from the returned response, which owns the connection until its end.
+/// Sends `req` on `conn` (origin-form target, `Host` set), with the fields of `hop` after its
+/// own, and reads the response head. The body streams from the returned response, which owns
+/// the connection until its end.
 /// `reused`: the connection carried a request before, so the backend may have closed it as
 /// the request went out. `batch`: the request is written once the runtime has run the other
 /// tasks ready now, so that the requests of one batch reach the backend together and wake
@@ -147,7 +148,7 @@ impl Conn {
 pub async fn send(
     mut conn: Conn,
     req: Request<UpstreamBody>,
-    hop: &Hop,
+    hop: Option<&Hop>,
     reused: bool,
     batch: bool,
 ) -> Result<http::Response<Body>, Failed> {

@@ -88,7 +88,7 @@ async fn scripted(pieces: &'static [&'static [u8]]) -> std::net::SocketAddr {
 
 /// The response to `req` sent on a fresh connection to `addr`, which must come.
 async fn respond(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> http::Response<Body> {
-    send(conn(addr).await, req, &hop(), false, false)
+    send(conn(addr).await, req, Some(&hop()), false, false)
         .await
         .ok()
         .expect("response")
@@ -96,7 +96,7 @@ async fn respond(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> http
 
 /// How sending `req` on a connection to `addr` that carried a request before fails.
 async fn fail_reused(addr: std::net::SocketAddr, req: Request<UpstreamBody>) -> Failed {
-    match send(conn(addr).await, req, &hop(), true, false).await {
+    match send(conn(addr).await, req, Some(&hop()), true, false).await {
         Err(f) => f,
         Ok(_) => panic!("no response was sent"),
     }
@@ -128,7 +128,7 @@ async fn read_all(
 #[tokio::test]
 async fn a_sized_response_gives_the_connection_back() {
     let (addr, seen) = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0).await;
-    let resp = send(conn(addr).await, get("/a?b=c"), &hop(), false, true)
+    let resp = send(conn(addr).await, get("/a?b=c"), Some(&hop()), false, true)
         .await
         .ok()
         .expect("response");
@@ -228,7 +228,7 @@ async fn a_buffered_body_that_is_not_its_declared_length_is_not_sent() {
         .expect("request");
     let c = conn(addr).await;
     let (mut s, _) = l.accept().await.expect("accept");
-    let failed = match send(c, req, &hop(), false, false).await {
+    let failed = match send(c, req, Some(&hop()), false, false).await {
         Err(f) => f,
         Ok(_) => panic!("a body of 4 bytes went as 9"),
     };
@@ -295,7 +295,7 @@ async fn a_batched_request_is_written_after_the_tasks_ready_before_it() {
                 .expect("write");
             (arrived, s)
         });
-        let resp = send(c, get("/"), &hop(), false, batch)
+        let resp = send(c, get("/"), Some(&hop()), false, batch)
             .await
             .ok()
             .expect("response");
