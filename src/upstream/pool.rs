@@ -236,10 +236,7 @@ impl BackendConns {
                     hop.apply(req.headers_mut());
                     req.extensions_mut().insert(HopApplied);
                 }
-                // A request given back by a connection that closed is in this form already.
-                if req.version() != http::Version::HTTP_2 {
-                    self.h2_form(&mut req);
-                }
+                self.h2_form(&mut req);
                 match send.try_send_request(req).await {
                     Ok(mut resp) => {
                         crate::headers::strip_hop_by_hop(resp.headers_mut());
