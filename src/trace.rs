@@ -110,14 +110,13 @@ pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
         // Two traceparent lines are as good as an invalid one.
         (Some(_), Some(_)) => Some(None),
     };
+    if incoming.is_some() {
+        h.remove(&TRACEPARENT);
+    }
     let (trace, flags, parent) = match incoming {
-        Some(Some(found)) => {
-            h.remove(&TRACEPARENT);
-            found
-        }
+        Some(Some(found)) => found,
         invalid_or_none => {
             if invalid_or_none.is_some() {
-                h.remove(&TRACEPARENT);
                 h.remove(&TRACESTATE);
             }
             if !generate {
