@@ -130,7 +130,7 @@ proptest! {
         prop_assert!(!h.contains_key(http::header::CONNECTION));
         let host = HeaderValue::from_static("a.example");
         let id = HeaderValue::from_static("id1");
-        let hop = headers::Hop::take(&mut h, peer, tls, Some(&host), trusted, &id, None);
+        let hop = headers::Hop::new(&mut h, peer, tls, Some(&host), trusted, &id, None);
         // The HTTP/1.1 path writes the fields as lines, which any parser takes.
         let mut wire = Vec::new();
         hop.write(&mut wire);

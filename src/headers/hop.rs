@@ -70,7 +70,7 @@ impl Hop {
     /// `trusted_proxies` list the peer is not on, in place of them, and `Forwarded` leaves
     /// `h`; `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Request-Id` are overwritten; `Via`
     /// is added.
-    pub fn take(
+    pub fn new(
         h: &mut HeaderMap,
         peer: IpAddr,
         tls: bool,
@@ -164,7 +164,8 @@ impl Hop {
     pub fn apply(&self, h: &mut HeaderMap) {
         let mut xff = Vec::with_capacity(64);
         self.forwarded_for(&mut xff);
-        if let Ok(v) = HeaderValue::from_bytes(&xff) {
+        // The value takes the buffer over instead of copying it.
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
         h.insert(

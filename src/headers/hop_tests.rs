@@ -42,20 +42,20 @@ fn id() -> HeaderValue {
     HeaderValue::from_static("0123abcd")
 }
 
-fn take(
+fn new_hop(
     h: &mut HeaderMap,
     peer: &str,
     tls: bool,
     host: Option<&HeaderValue>,
     trusted: Option<&[ipnet::IpNet]>,
 ) -> Hop {
-    Hop::take(h, peer.parse().unwrap(), tls, host, trusted, &id(), None)
+    Hop::new(h, peer.parse().unwrap(), tls, host, trusted, &id(), None)
 }
 
 #[test]
 fn a_first_hop_gets_its_address_and_the_rest() {
     let mut h = HeaderMap::new();
-    let hop = take(&mut h, "::1", true, None, None);
+    let hop = new_hop(&mut h, "::1", true, None, None);
     let out = applied(h, &hop);
     assert_eq!(out["x-forwarded-for"], "::1");
     assert_eq!(out["x-forwarded-proto"], "https");
@@ -64,7 +64,7 @@ fn a_first_hop_gets_its_address_and_the_rest() {
     assert_eq!(out["x-request-id"], "0123abcd");
     assert!(!out.contains_key("traceparent"));
     let mut h = HeaderMap::new();
-    let hop = take(&mut h, "192.168.10.200", false, None, None);
+    let hop = new_hop(&mut h, "192.168.10.200", false, None, None);
     assert_eq!(applied(h, &hop)["x-forwarded-for"], "192.168.10.200");
 }
 
@@ -78,7 +78,7 @@ fn the_clients_copies_are_replaced_and_its_via_kept() {
     h.insert("via", HeaderValue::from_static("1.0 edge"));
     h.insert("x-keep", HeaderValue::from_static("1"));
     let host = HeaderValue::from_static("a.example");
-    let hop = take(&mut h, "127.0.0.1", false, Some(&host), None);
+    let hop = new_hop(&mut h, "127.0.0.1", false, Some(&host), None);
     assert_eq!(
         h.len(),
         6,
@@ -109,11 +109,11 @@ fn the_clients_copies_are_replaced_and_its_via_kept() {
 fn a_forwarded_host_without_a_routing_host_is_dropped() {
     let mut h = HeaderMap::new();
     h.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
-    let hop = take(&mut h, "127.0.0.1", false, None, None);
+    let hop = new_hop(&mut h, "127.0.0.1", false, None, None);
     assert!(!applied(h, &hop).contains_key("x-forwarded-host"));
     let mut plain = HeaderMap::new();
     plain.insert("x-keep", HeaderValue::from_static("1"));
-    assert!(!take(&mut plain, "127.0.0.1", false, None, None).replaces_any());
+    assert!(!new_hop(&mut plain, "127.0.0.1", false, None, None).replaces_any());
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn several_forwarded_for_lines_are_combined_and_trust_decides() {
     h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
     let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
     let mut kept = h.clone();
-    let hop = take(&mut kept, "10.0.0.9", false, None, Some(&trusted));
+    let hop = new_hop(&mut kept, "10.0.0.9", false, None, Some(&trusted));
     let kept = applied(kept, &hop);
     assert_eq!(
         kept["x-forwarded-for"],
@@ -135,12 +135,12 @@ fn several_forwarded_for_lines_are_combined_and_trust_decides() {
     );
     assert!(kept.contains_key("forwarded"));
     let mut replaced = h.clone();
-    let hop = take(&mut replaced, "8.8.8.8", false, None, Some(&trusted));
+    let hop = new_hop(&mut replaced, "8.8.8.8", false, None, Some(&trusted));
     let replaced = applied(replaced, &hop);
     assert_eq!(replaced["x-forwarded-for"], "8.8.8.8");
     assert!(!replaced.contains_key("forwarded"));
     let mut appended = h;
-    let hop = take(&mut appended, "8.8.8.8", false, None, None);
+    let hop = new_hop(&mut appended, "8.8.8.8", false, None, None);
     assert_eq!(
         applied(appended, &hop)["x-forwarded-for"],
         "1.1.1.1, 2.2.2.2, 10.0.0.5, 8.8.8.8"
@@ -151,7 +151,7 @@ fn several_forwarded_for_lines_are_combined_and_trust_decides() {
 fn the_traceparent_is_this_hops() {
     let mut h = HeaderMap::new();
     let trace = crate::trace::hop(&mut h, true).unwrap();
-    let hop = Hop::take(
+    let hop = Hop::new(
         &mut h,
         "127.0.0.1".parse().unwrap(),
         false,
@@ -174,7 +174,7 @@ fn the_wire_length_is_enough() {
     let host = HeaderValue::from_static("a-rather-long-host-name.example.com:8443");
     let mut t = HeaderMap::new();
     let trace = crate::trace::hop(&mut t, true);
-    let hop = Hop::take(
+    let hop = Hop::new(
         &mut h,
         "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
         true,

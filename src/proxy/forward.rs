@@ -169,7 +169,7 @@ pub async fn prepare(
     if let Some(h) = &routed.host {
         parts.headers.insert(header::HOST, h.clone());
     }
-    let hop = headers::Hop::take(
+    let hop = headers::Hop::new(
         &mut parts.headers,
         client.peer,
         client.tls,

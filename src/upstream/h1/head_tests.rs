@@ -208,7 +208,7 @@ fn request_framing_and_head() {
     assert_eq!(request_framing(&mut head, false, None), Out::Chunked);
     assert_eq!(head.headers["transfer-encoding"], "chunked");
     let mut wire = Vec::new();
-    let hop = Hop::take(
+    let hop = Hop::new(
         &mut HeaderMap::new(),
         std::net::Ipv4Addr::LOCALHOST.into(),
         false,

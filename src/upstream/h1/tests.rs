@@ -13,7 +13,7 @@ use super::*;
 
 /// The fields a first hop from 127.0.0.1 adds.
 fn hop() -> Hop {
-    Hop::take(
+    Hop::new(
         &mut http::HeaderMap::new(),
         std::net::Ipv4Addr::LOCALHOST.into(),
         false,
