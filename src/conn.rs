@@ -154,6 +154,9 @@ pub struct TimedIo<S> {
     /// An idle connection was taken from hyper: reads end and shutdown is skipped, so hyper
     /// finishes and hands the socket back.
     parked: bool,
+    /// hyper gives the connection back as soon as it is idle with nothing unread, not
+    /// after [`PARK_AFTER`]: the lane ([`crate::lane`]) serves what comes next.
+    prompt: bool,
     /// When `read_sleep` is set to look at parking again (None: it is not).
     park_at: Option<Instant>,
     /// When the request head being read started, and the request count then.
@@ -191,6 +194,7 @@ impl<S> TimedIo<S> {
             replay: Bytes::new(),
             framing: None,
             parked: false,
+            prompt: false,
             park_at: None,
             head: Some((born, 0)),
             read_sleep: Box::pin(tokio::time::sleep_until(now + timers.header_read)),
@@ -214,6 +218,16 @@ impl<S> TimedIo<S> {
         self
     }
 
+    /// Takes the bytes read before hyper took the connection, to serve them elsewhere.
+    pub fn take_replay(&mut self) -> Bytes {
+        std::mem::take(&mut self.replay)
+    }
+
+    /// Has hyper give the connection back as soon as it is idle with nothing unread.
+    pub fn park_promptly(&mut self) {
+        self.prompt = true;
+    }
+
     /// Lets hyper give the connection back while it is idle (plain HTTP/1 only).
     pub fn parkable(mut self) -> Self {
         self.framing = Some(Framing::new(self.state.requests.load(Ordering::Relaxed)));
@@ -223,6 +237,11 @@ impl<S> TimedIo<S> {
     /// The wrapped stream.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The wrapped stream, to read from it past the timers (the lane times its own reads).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 
     /// Whether hyper was told the connection ended so that it gives the socket back.
@@ -255,7 +274,12 @@ impl<S> TimedIo<S> {
     fn poll_park(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let now = Instant::now();
         let idle = self.state.idle_since();
-        if idle.is_some_and(|t| now >= t + PARK_AFTER) && self.may_park() {
+        let after = if self.prompt {
+            Duration::ZERO
+        } else {
+            PARK_AFTER
+        };
+        if idle.is_some_and(|t| now >= t + after) && self.may_park() {
             self.parked = true;
             self.park_at = None;
             self.state.parks.fetch_add(1, Ordering::Relaxed);

@@ -22,9 +22,10 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::Service;
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{self, ConnState, Graceful, TimedIo, Timers, H2_PREFACE};
+use crate::lane::{Lane, Next};
 
 /// What hyper was handed since its connection started, to tell whether it holds unread
 /// bytes once its one request is answered.
@@ -119,11 +121,28 @@ impl Framing {
 pub trait Readable {
     /// Ready once a read would not block.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Reads what the socket has into `buf`'s spare room; Pending (and woken later) when it
+    /// has nothing. A read shorter than the room clears the socket's readiness, so the next
+    /// wait does not begin with a read that finds nothing.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
 }
 
 impl Readable for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 }
 
@@ -131,6 +150,11 @@ impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Not used: TLS connections are not parked (rustls may hold decrypted bytes).
         self.get_ref().0.poll_read_ready(cx)
+    }
+
+    fn poll_read_buf(&mut self, _: &mut Context<'_>, _: &mut BytesMut) -> Poll<io::Result<usize>> {
+        // Not used either: the lane serves plain connections only.
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
 }
 
@@ -183,9 +207,10 @@ pub async fn serve_h1<T, S, B>(
     mut io: Box<TimedIo<T>>,
     mut svc: S,
     builder: &http1::Builder,
-    state: &ConnState,
+    state: &Arc<ConnState>,
     timers: Timers,
     shutdown: &CancellationToken,
+    lane: Option<&Lane>,
 ) -> hyper::Result<()>
 where
     T: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
@@ -196,7 +221,42 @@ where
 {
     // Everything that lives across a wait is boxed or small, so that a parked connection
     // costs little more than its socket: hyper's state and buffers are freed while parked.
+    // With the lane, hyper serves only what the lane leaves it, and gives the connection back
+    // as soon as it is idle; the lane starts with what was read before (the replay).
+    let mut last = false;
+    let mut slot = None;
     loop {
+        if let Some(lane) = lane {
+            let start = BytesMut::from(&io.take_replay()[..]);
+            let pipeline = |parts| crate::proxy::handle_parts(&lane.ctx, parts, None);
+            let run = lane.run(&mut io, start, state, shutdown, last, &mut slot, pipeline);
+            match run.await {
+                Next::Done => return Ok(()),
+                Next::Hyper(bytes) => {
+                    slot = None;
+                    io.unpark(bytes.freeze());
+                    io.park_promptly();
+                }
+                Next::Idle => {
+                    // The pipeline's slot stays while requests keep coming; a connection idle
+                    // for longer holds none.
+                    if slot.is_some() {
+                        let deadline = state.idle_deadline(timers.keepalive);
+                        let brief = deadline.min(Instant::now() + conn::PARK_AFTER);
+                        if io.wait_readable(brief, shutdown).await {
+                            continue;
+                        }
+                        slot = None;
+                    }
+                    match idle(&mut io, state, timers, shutdown).await {
+                        Wait::Readable => {}
+                        Wait::Last => last = true,
+                        Wait::Over => return Ok(()),
+                    }
+                    continue;
+                }
+            }
+        }
         let mut conn = Box::new(
             builder
                 .serve_connection(TokioIo::new(io), svc)
@@ -218,26 +278,19 @@ where
             return Ok(());
         }
         tracing::trace!("idle connection parked");
-        if io.unpark(unread) {
+        if io.unpark(unread) || lane.is_some() {
             continue; // hyper had read ahead after all: serve that at once
         }
-        let idle_deadline = state.idle_deadline(timers.keepalive);
-        if io.wait_readable(idle_deadline, shutdown).await {
-            continue;
+        match idle(&mut io, state, timers, shutdown).await {
+            Wait::Readable => continue,
+            Wait::Over => return Ok(()),
+            Wait::Last => {}
         }
-        if !shutdown.is_cancelled() {
-            return Ok(()); // closing an idle HTTP/1 connection: dropping the socket is all
-        }
-        // Draining: one last request, if the client sends it soon, answered with
-        // `Connection: close` (keep-alive off) and not cut short by the shutdown.
-        let linger = idle_deadline.min(Instant::now() + conn::DRAIN_LINGER);
-        let never = CancellationToken::new();
-        if !io.wait_readable(linger, &never).await {
-            return Ok(());
-        }
-        // Boxed: a hyper connection held inline would weigh on every parked connection's
-        // task, where this path is rare.
+        // Draining: one last request, answered with `Connection: close` (keep-alive off) and
+        // not cut short by the shutdown. Boxed: a hyper connection held inline would weigh on
+        // every parked connection's task, where this path is rare.
         return Box::pin(async move {
+            let never = CancellationToken::new();
             let mut last = builder.clone();
             last.keep_alive(false);
             let conn = last.serve_connection(TokioIo::new(io), svc).with_upgrades();
@@ -245,6 +298,43 @@ where
             conn::watch(conn, state, timers.keepalive, &never).await
         })
         .await;
+    }
+}
+
+/// How a wait for the next request on an idle connection ended.
+enum Wait {
+    /// The socket has bytes.
+    Readable,
+    /// It has bytes, and shutdown began: the request they start is the last one.
+    Last,
+    /// The keep-alive time ran out, shutdown came with nothing sent, or the socket failed:
+    /// closing an idle HTTP/1 connection, dropping the socket is all.
+    Over,
+}
+
+/// Waits, holding no buffer, for the next request on an idle connection: until the socket
+/// is readable, the connection has been idle for its keep-alive time, or shutdown. Once
+/// shutdown began, a request that comes within [`conn::DRAIN_LINGER`] is still served: its
+/// client may be sending it right now, and would see the connection close under it.
+async fn idle<T: Readable>(
+    io: &mut TimedIo<T>,
+    state: &ConnState,
+    timers: Timers,
+    shutdown: &CancellationToken,
+) -> Wait {
+    let idle_deadline = state.idle_deadline(timers.keepalive);
+    if io.wait_readable(idle_deadline, shutdown).await {
+        return Wait::Readable;
+    }
+    if !shutdown.is_cancelled() {
+        return Wait::Over;
+    }
+    let linger = idle_deadline.min(Instant::now() + conn::DRAIN_LINGER);
+    let never = CancellationToken::new();
+    if io.wait_readable(linger, &never).await {
+        Wait::Last
+    } else {
+        Wait::Over
     }
 }
 

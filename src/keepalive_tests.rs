@@ -122,7 +122,7 @@ async fn server(keepalive: Duration) -> Server {
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(None);
         let io = Box::new(TimedIo::new(stream, Arc::clone(&state), timers, false).parkable());
-        let served = serve_h1(io, svc, &builder, &state, timers, &shut2).await;
+        let served = serve_h1(io, svc, &builder, &state, timers, &shut2, None).await;
         assert!(served.is_ok(), "{served:?}");
     });
     Server {
@@ -315,7 +315,7 @@ async fn a_parked_connection_keeps_no_hyper_connection_inline() {
     let builder = http1::Builder::new();
     let shutdown = CancellationToken::new();
     let io = Box::new(TimedIo::new(stream, Arc::clone(&state), timers, false).parkable());
-    let serving = serve_h1(io, Empty, &builder, &state, timers, &shutdown);
+    let serving = serve_h1(io, Empty, &builder, &state, timers, &shutdown, None);
     let hyper_conn = std::mem::size_of::<
         http1::UpgradeableConnection<hyper_util::rt::TokioIo<Box<TimedIo<TcpStream>>>, Empty>,
     >();

@@ -46,6 +46,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod keepalive;
+pub mod lane;
 pub mod limit;
 pub mod metrics;
 pub mod otlp;

@@ -22,6 +22,7 @@ use crate::conn::{self, ConnState, Graceful, TimedIo};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::keepalive;
+use crate::lane::Lane;
 use crate::limit::{ConnSlot, Shedder};
 use crate::metrics::{CONNECTIONS_OPEN, PROXY_PROTOCOL_REJECTED_TOTAL, WORKER_CONNECTIONS_TOTAL};
 use crate::proxy::{self, ConnCtx, ConnInfo};
@@ -199,6 +200,7 @@ async fn connection(accepted: Box<Accepted>, shutdown: CancellationToken) {
     // Each request goes through the proxy pipeline, counted in flight on the connection
     // until its response body is dropped.
     let st = Arc::clone(&state);
+    let lane_ctx = Arc::clone(&ctx);
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&ctx);
         st.note_body(req.body().size_hint().exact());
@@ -223,9 +225,13 @@ async fn connection(accepted: Box<Accepted>, shutdown: CancellationToken) {
             ))
             .await
         }
-        Io::H1(io) => keepalive::serve_h1(io, svc, &protocols.http1, &state, timers, &shutdown)
-            .await
-            .map_err(Into::into),
+        Io::H1(io) => {
+            let lane = Lane { ctx: lane_ctx };
+            let h1 = &protocols.http1;
+            keepalive::serve_h1(io, svc, h1, &state, timers, &shutdown, Some(&lane))
+                .await
+                .map_err(Into::into)
+        }
         // Boxed, as the HTTP/2 one: the TLS and HTTP/2 states do not weigh on every plain
         // HTTP/1 connection.
         Io::Tls(stream, acceptor) => {
@@ -355,9 +361,17 @@ where
     Some(if h2 {
         serve_h2(io.alpn_h2(), svc, &protocols.http2, state, timers, shutdown).await
     } else {
-        keepalive::serve_h1(Box::new(io), svc, &protocols.http1, state, timers, shutdown)
-            .await
-            .map_err(Into::into)
+        keepalive::serve_h1(
+            Box::new(io),
+            svc,
+            &protocols.http1,
+            state,
+            timers,
+            shutdown,
+            None,
+        )
+        .await
+        .map_err(Into::into)
     })
 }
 

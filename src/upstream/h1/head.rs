@@ -387,6 +387,11 @@ pub fn content_length(map: &HeaderMap) -> Option<u64> {
     found
 }
 
+/// The number one `Content-Length` line holds (a list of the same number counts as one).
+pub fn length_of(line: &HeaderValue) -> Option<u64> {
+    lengths(line, None)
+}
+
 /// The number a `Content-Length` line holds (a list of the same number counts as one), when
 /// it agrees with `found`, the number of the lines before it.
 fn lengths(line: &HeaderValue, mut found: Option<u64>) -> Option<u64> {

@@ -1,0 +1,195 @@
+//! The HTTP/1.1 lane, on the wire: bodiless requests answered without hyper's server, the
+//! rest handed to hyper and the connection taken back, pipelining, `HEAD`, `Connection:
+//! close`, streamed (chunked) answers, and a client that leaves while its answer streams.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Response;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A backend that answers `METHOD PATH BODYLEN`; `/stream` sends its answer in two pieces
+/// with no length (chunked to the client), `/hold` one piece and then nothing until the
+/// client goes away, counted in `gone`.
+async fn backend(gone: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Backend {
+    spawn_backend(move |req| {
+        let gone = std::sync::Arc::clone(&gone);
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let len = body.collect().await.map_or(0, |b| b.to_bytes().len());
+            let path = parts.uri.path().to_owned();
+            if path == "/stream" || path == "/hold" {
+                let (tx, body) = channel_body();
+                let hold = path == "/hold";
+                tokio::spawn(async move {
+                    tx.send(Bytes::from("first,")).await.ok();
+                    if hold {
+                        tx.closed().await;
+                        gone.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tx.send(Bytes::from("second")).await.ok();
+                });
+                return Response::new(body);
+            }
+            Response::new(full(format!("{} {path} {len}", parts.method)))
+        })
+    })
+    .await
+}
+
+async fn setup() -> (
+    Backend,
+    Proxy,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let gone = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let b = backend(std::sync::Arc::clone(&gone)).await;
+    let p = spawn_proxy(&basic_config(&format!(
+        "    backends: [{{ address: {} }}]\n",
+        b.addr
+    )));
+    (b, p, gone)
+}
+
+/// Writes each of `writes` (a pause between them), then reads until the proxy closes the
+/// connection (the last request asks it to).
+async fn exchange(addr: std::net::SocketAddr, writes: &[&[u8]]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    for w in writes {
+        s.write_all(w).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closed the connection in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn addr(p: &Proxy) -> std::net::SocketAddr {
+    p.url("public", "/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("proxy address")
+}
+
+/// The bodies of the responses in `wire`, in order (each with a `content-length`).
+fn bodies(wire: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = wire;
+    while let Some(end) = rest.find("\r\n\r\n") {
+        let head = &rest[..end];
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().expect("length"));
+        let body = &rest[end + 4..end + 4 + len];
+        out.push(body.to_owned());
+        rest = &rest[end + 4 + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn pipelined_requests_in_one_write_are_answered_in_order() {
+    let (_b, p, _) = setup().await;
+    let wire = exchange(
+        addr(&p),
+        &[
+            b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nHEAD /two HTTP/1.1\r\nHost: a\r\n\r\n\
+            GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    .await;
+    assert_eq!(wire.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{wire}");
+    // The HEAD answer says the length a GET's would have ("HEAD /two 0"), with no body.
+    let heads: Vec<&str> = wire.split("HTTP/1.1 ").skip(1).collect();
+    assert!(heads[1].contains("content-length: 11\r\n"), "{wire}");
+    assert!(heads[1].ends_with("\r\n\r\n"), "{wire}");
+    assert!(heads[2].contains("connection: close\r\n"), "{wire}");
+    let b = bodies(&wire.replace("content-length: 11\r\n", ""));
+    assert_eq!(b, ["GET /one 0", "", "GET /three 0"], "{wire}");
+}
+
+#[tokio::test]
+async fn a_connection_goes_to_hyper_for_a_body_and_comes_back() {
+    let (b, p, _) = setup().await;
+    let wire = exchange(
+        addr(&p),
+        &[
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            // A head that comes in two pieces is hyper's too.
+            b"GET /c HTTP/1.1\r\nHo",
+            b"st: a\r\n\r\n",
+            b"GET /d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    .await;
+    assert_eq!(
+        bodies(&wire),
+        ["GET /a 0", "POST /b 5", "GET /c 0", "GET /d 0"],
+        "{wire}"
+    );
+    assert_eq!(b.hits(), 4);
+    // Every answer, hyper's and the lane's, has the same form.
+    for head in wire.split("HTTP/1.1 ").skip(1) {
+        assert!(head.starts_with("200 OK\r\n"), "{wire}");
+        assert!(
+            head.contains("\r\ndate: ") && head.contains("\r\nvia: "),
+            "{wire}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_goes_out_chunked() {
+    let (_b, p, _) = setup().await;
+    let wire = exchange(
+        addr(&p),
+        &[b"GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"],
+    )
+    .await;
+    let (head, body) = wire.split_once("\r\n\r\n").expect("a head");
+    assert!(head.contains("transfer-encoding: chunked"), "{wire}");
+    assert!(!head.contains("content-length"), "{wire}");
+    assert_eq!(body, "6\r\nfirst,\r\n6\r\nsecond\r\n0\r\n\r\n");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_answer_lets_the_backend_go() {
+    let (_b, p, gone) = setup().await;
+    let mut s = TcpStream::connect(addr(&p)).await.expect("connect");
+    s.write_all(b"GET /hold HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = vec![0u8; 4096];
+    let mut n = 0;
+    while !String::from_utf8_lossy(&got[..n]).contains("first,") {
+        let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut got[n..]))
+            .await
+            .expect("the first piece in time")
+            .expect("read");
+        assert!(k > 0, "closed early");
+        n += k;
+    }
+    drop(s);
+    wait_until(|| gone.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+}
+
+#[tokio::test]
+async fn a_bad_request_is_refused_as_before() {
+    let (b, p, _) = setup().await;
+    let wire = exchange(addr(&p), &[b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"]).await;
+    assert!(wire.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{wire}");
+    assert_eq!(b.hits(), 0);
+}
