@@ -218,6 +218,11 @@ impl<S> TimedIo<S> {
         self
     }
 
+    /// Whether no bytes wait to be read again.
+    pub fn replay_is_empty(&self) -> bool {
+        self.replay.is_empty()
+    }
+
     /// Takes the bytes read before hyper took the connection, to serve them elsewhere.
     pub fn take_replay(&mut self) -> Bytes {
         std::mem::take(&mut self.replay)

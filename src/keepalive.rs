@@ -225,8 +225,14 @@ where
     // as soon as it is idle; the lane starts with what was read before (the replay).
     let mut last = false;
     let mut slot = None;
+    // Nothing came before the head timer ran out (the protocol sniff gave up empty): hyper's
+    // connection answers that with 408, its head timer running from accept.
+    let mut silent = lane.is_some() && io.replay_is_empty();
+    if silent {
+        io.park_promptly();
+    }
     loop {
-        if let Some(lane) = lane {
+        if let Some(lane) = lane.filter(|_| !std::mem::take(&mut silent)) {
             let start = BytesMut::from(&io.take_replay()[..]);
             let pipeline = |parts| crate::proxy::handle_parts(&lane.ctx, parts, None);
             let run = lane.run(&mut io, start, state, shutdown, last, &mut slot, pipeline);

@@ -64,6 +64,21 @@ async fn a_stalled_head_gets_408_and_the_connection_closes() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_gets_408_at_the_head_timeout() {
+    let b = named_backend("x").await;
+    let proxy = spawn_proxy(&config(
+        b.addr,
+        "header_read_timeout: 300ms, keepalive_timeout: 60s",
+        "",
+    ));
+    let mut s = TcpStream::connect(proxy.listeners["public"]).await.unwrap();
+    // Closed by the head timer, not the keep-alive one.
+    let (text, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "closed");
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+}
+
+#[tokio::test]
 async fn idle_keepalive_connections_have_their_own_timer() {
     let b = named_backend("x").await;
     let proxy = spawn_proxy(&config(

@@ -34,7 +34,8 @@ use crate::keepalive::Readable;
 use crate::proxy::ConnCtx;
 use request::Head;
 
-/// How much the lane reads for one head before it leaves the connection to hyper.
+/// How much the lane reads for one head before it leaves the connection to hyper: below the
+/// smallest `limits.max_header_bytes` (8 KiB), so a head the lane takes is one hyper would.
 const READ_SIZE: usize = 4096;
 
 /// What serves a connection's requests on the lane.
