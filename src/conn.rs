@@ -320,16 +320,55 @@ impl<S> TimedIo<S> {
     }
 }
 
+/// Shutdown as a connection waits for it: one registration with the token for the
+/// connection's life. A fresh `cancelled()` polled on every wait would take the token's
+/// lock each time, a lock every connection of every worker shares; after the first poll,
+/// reading the token's state is enough, as the registration wakes the task.
+pub struct ShutdownWatch<'a> {
+    token: &'a CancellationToken,
+    registered: Option<Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>>,
+}
+
+impl<'a> ShutdownWatch<'a> {
+    /// Watches `token`; nothing is registered before the first wait.
+    pub fn new(token: &'a CancellationToken) -> Self {
+        Self {
+            token,
+            registered: None,
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn began(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Ready once shutdown has begun; the first call registers the task to be woken then.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.registered {
+            Some(_) if self.token.is_cancelled() => Poll::Ready(()),
+            Some(_) => Poll::Pending,
+            None => self
+                .registered
+                .insert(Box::pin(self.token.cancelled()))
+                .as_mut()
+                .poll(cx),
+        }
+    }
+}
+
 impl<S: Readable> TimedIo<S> {
     /// Waits, holding no buffer, until the parked connection is readable (true), or until
-    /// `deadline` (its keep-alive time) or `shutdown` comes (false).
-    pub async fn wait_readable(&mut self, deadline: Instant, shutdown: &CancellationToken) -> bool {
+    /// `deadline` (its keep-alive time) or shutdown comes (false).
+    pub async fn wait_readable(
+        &mut self,
+        deadline: Instant,
+        shutdown: &mut ShutdownWatch<'_>,
+    ) -> bool {
         self.read_sleep.as_mut().reset(deadline);
         self.park_at = None;
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
         std::future::poll_fn(|cx| {
-            if cancelled.as_mut().poll(cx).is_ready() {
+            if shutdown.poll(cx).is_ready() {
                 return Poll::Ready(false);
             }
             if let Poll::Ready(r) = self.inner.poll_read_ready(cx) {

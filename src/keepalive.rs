@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{self, ConnState, Graceful, TimedIo, Timers, H2_PREFACE};
+use crate::conn::{self, ConnState, Graceful, ShutdownWatch, TimedIo, Timers, H2_PREFACE};
 use crate::lane::{Lane, Next};
 
 /// What hyper was handed since its connection started, to tell whether it holds unread
@@ -225,6 +225,7 @@ where
     // as soon as it is idle; the lane starts with what was read before (the replay).
     let mut last = false;
     let mut slot = None;
+    let mut watch = ShutdownWatch::new(shutdown);
     // Nothing came before the head timer ran out (the protocol sniff gave up empty): hyper's
     // connection answers that with 408, its head timer running from accept.
     let mut silent = lane.is_some() && io.replay_is_empty();
@@ -249,12 +250,12 @@ where
                     if slot.is_some() {
                         let deadline = state.idle_deadline(timers.keepalive);
                         let brief = deadline.min(Instant::now() + conn::PARK_AFTER);
-                        if io.wait_readable(brief, shutdown).await {
+                        if io.wait_readable(brief, &mut watch).await {
                             continue;
                         }
                         slot = None;
                     }
-                    match idle(&mut io, state, timers, shutdown).await {
+                    match idle(&mut io, state, timers, &mut watch).await {
                         Wait::Readable => {}
                         Wait::Last => last = true,
                         Wait::Over => return Ok(()),
@@ -287,7 +288,7 @@ where
         if io.unpark(unread) || lane.is_some() {
             continue; // hyper had read ahead after all: serve that at once
         }
-        match idle(&mut io, state, timers, shutdown).await {
+        match idle(&mut io, state, timers, &mut watch).await {
             Wait::Readable => continue,
             Wait::Over => return Ok(()),
             Wait::Last => {}
@@ -326,18 +327,21 @@ async fn idle<T: Readable>(
     io: &mut TimedIo<T>,
     state: &ConnState,
     timers: Timers,
-    shutdown: &CancellationToken,
+    shutdown: &mut ShutdownWatch<'_>,
 ) -> Wait {
     let idle_deadline = state.idle_deadline(timers.keepalive);
     if io.wait_readable(idle_deadline, shutdown).await {
         return Wait::Readable;
     }
-    if !shutdown.is_cancelled() {
+    if !shutdown.began() {
         return Wait::Over;
     }
     let linger = idle_deadline.min(Instant::now() + conn::DRAIN_LINGER);
     let never = CancellationToken::new();
-    if io.wait_readable(linger, &never).await {
+    if io
+        .wait_readable(linger, &mut ShutdownWatch::new(&never))
+        .await
+    {
         Wait::Last
     } else {
         Wait::Over

@@ -4,8 +4,9 @@
 //!
 //! Request path (hot, one snapshot load per request):
 //! `server` accepts (a PROXY protocol header in `proxy_header`, TLS in `tls`, connection shedding in `limit`; client timers in `conn` (the watchdog in `conn::watch`),
-//! idle HTTP/1 connections parked without buffers in `keepalive`) and hands each request to
-//! `proxy::handle`; `proxy/mod.rs` is the one place that orders the stages, each in its own
+//! idle HTTP/1 connections parked without buffers in `keepalive`; plain HTTP/1.1 requests
+//! without a body read and answered in `lane`, the rest by hyper's server) and hands each
+//! request to `proxy::handle`; `proxy/mod.rs` is the one place that orders the stages, each in its own
 //! file under `proxy/`: shedding and rate limits -> `router` -> body and upstream head ->
 //! select + admit (`balance` picks among `backend`s, whose state carries health and the
 //! `breaker`; `admission` takes the backend's in-flight slot or waits in the pool's FIFO
