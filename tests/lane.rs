@@ -1,6 +1,7 @@
 //! The HTTP/1.1 lane, on the wire: bodiless requests answered without hyper's server, the
 //! rest handed to hyper and the connection taken back, pipelining, `HEAD`, `Connection:
-//! close`, streamed (chunked) answers, and a client that leaves while its answer streams.
+//! close`, streamed (chunked) answers, a client that leaves while its answer streams, and the
+//! answer in flight at shutdown.
 
 mod common;
 
@@ -192,4 +193,51 @@ async fn a_bad_request_is_refused_as_before() {
     let wire = exchange(addr(&p), &[b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"]).await;
     assert!(wire.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{wire}");
     assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_the_answer_in_flight_completes_and_then_the_connection_closes() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let b = held_backend("start;", "done", std::sync::Arc::clone(&release)).await;
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "    backends: [{{ address: {} }}]\n",
+        b.addr
+    )));
+    let mut s = TcpStream::connect(addr(&proxy)).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("start;") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the first piece in time")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    // The head went out before shutdown: it cannot say close, so the connection closes
+    // once the body is complete, and the request pipelined behind it is not served.
+    proxy.signal("TERM");
+    proxy
+        .logs
+        .wait_for(Duration::from_secs(5), |v| {
+            msg(v).starts_with("shutting down")
+        })
+        .expect("shutdown started");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the proxy closed the connection after the answer")
+        .expect("read");
+    let wire = String::from_utf8_lossy(&got);
+    assert!(
+        wire.ends_with("6\r\nstart;\r\n4\r\ndone\r\n0\r\n\r\n"),
+        "{wire}"
+    );
 }

@@ -180,7 +180,9 @@ impl Lane {
                 tracing::debug!(error = %e, "response not completed; closing");
                 return Next::Done;
             }
-            if close {
+            // Shutdown closes a connection whose request was in flight once its answer is
+            // out, as hyper's graceful shutdown does: what it pipelined is not served.
+            if close || shutdown.is_cancelled() {
                 if let Err(e) = io.shutdown().await {
                     tracing::debug!(error = %e, "closing the connection");
                 }
