@@ -1,7 +1,7 @@
 //! The HTTP/1.1 lane, on the wire: bodiless requests answered without hyper's server, the
 //! rest handed to hyper and the connection taken back, pipelining, `HEAD`, `Connection:
-//! close`, streamed (chunked) answers, a client that leaves while its answer streams, and the
-//! answer in flight at shutdown.
+//! close`, streamed (chunked) answers, a client that leaves while its answer streams, and
+//! what a client sends behind the answer in flight at shutdown.
 
 mod common;
 
@@ -196,7 +196,7 @@ async fn a_bad_request_is_refused_as_before() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_shutdown_the_answer_in_flight_completes_and_then_the_connection_closes() {
+async fn at_shutdown_a_request_pipelined_behind_the_answer_in_flight_is_served_with_close() {
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let b = held_backend("start;", "done", std::sync::Arc::clone(&release)).await;
     let proxy = spawn_proxy(&basic_config(&format!(
@@ -217,8 +217,9 @@ async fn at_shutdown_the_answer_in_flight_completes_and_then_the_connection_clos
         assert!(n > 0, "closed early");
         got.extend_from_slice(&chunk[..n]);
     }
-    // The head went out before shutdown: it cannot say close, so the connection closes
-    // once the body is complete, and the request pipelined behind it is not served.
+    // The head went out before shutdown and could not say close, so the client may send
+    // more: the request pipelined behind it is served, with close, and then the connection
+    // closes.
     proxy.signal("TERM");
     proxy
         .logs
@@ -230,14 +231,22 @@ async fn at_shutdown_the_answer_in_flight_completes_and_then_the_connection_clos
         .await
         .expect("write");
     tokio::time::sleep(Duration::from_millis(50)).await;
+    // One release for each request (a permit waits for the second).
+    release.notify_one();
     release.notify_one();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
         .await
-        .expect("the proxy closed the connection after the answer")
+        .expect("the proxy closed the connection after the answers")
         .expect("read");
     let wire = String::from_utf8_lossy(&got);
-    assert!(
-        wire.ends_with("6\r\nstart;\r\n4\r\ndone\r\n0\r\n\r\n"),
-        "{wire}"
-    );
+    let answers: Vec<&str> = wire.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{wire}");
+    assert!(!answers[0].contains("connection: close"), "{wire}");
+    assert!(answers[1].contains("connection: close\r\n"), "{wire}");
+    for a in answers {
+        assert!(
+            a.ends_with("6\r\nstart;\r\n4\r\ndone\r\n0\r\n\r\n"),
+            "{wire}"
+        );
+    }
 }

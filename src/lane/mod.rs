@@ -180,9 +180,11 @@ impl Lane {
                 tracing::debug!(error = %e, "response not completed; closing");
                 return Next::Done;
             }
-            // Shutdown closes a connection whose request was in flight once its answer is
-            // out, as hyper's graceful shutdown does: what it pipelined is not served.
-            if close || shutdown.is_cancelled() {
+            // An answer that said `Connection: close` ends the connection. One that did not
+            // (shutdown began after its head went out) leaves the client free to send more:
+            // what it pipelined, or sends within the drain's linger, is still served, with
+            // `Connection: close`, rather than lost.
+            if close {
                 if let Err(e) = io.shutdown().await {
                     tracing::debug!(error = %e, "closing the connection");
                 }
