@@ -148,13 +148,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut body = open_stream(&url).await;
     assert_eq!(next_chunk(&mut body).await, "start;");
 
-    proxy.signal("TERM");
-    proxy
-        .logs
-        .wait_for(Duration::from_secs(5), |v| {
-            msg(v).starts_with("shutting down")
-        })
-        .expect("shutdown started");
+    proxy.terminate();
     proxy
         .logs
         .wait_for(Duration::from_secs(5), |v| {

@@ -394,6 +394,16 @@ impl Proxy {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// Sends SIGTERM and waits (5 s at most) until the process logs that shutdown began.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+        self.logs
+            .wait_for(Duration::from_secs(5), |v| {
+                msg(v).starts_with("shutting down")
+            })
+            .expect("shutdown started");
+    }
+
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let start = Instant::now();
