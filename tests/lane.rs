@@ -244,3 +244,32 @@ async fn at_shutdown_a_request_pipelined_behind_the_answer_in_flight_is_served_w
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_an_answer_that_says_close_is_the_last_on_its_connection() {
+    let b = slow_backend("late", Duration::from_millis(600)).await;
+    let proxy = spawn_proxy(&basic_config(&format!(
+        "    backends: [{{ address: {} }}]\n",
+        b.addr
+    )));
+    let mut s = TcpStream::connect(addr(&proxy)).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // Shutdown begins while the backend has not answered: the answer says close, so the
+    // request pipelined behind it is not served.
+    proxy.terminate();
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the proxy closed the connection after the answer")
+        .expect("read");
+    let wire = String::from_utf8_lossy(&got);
+    assert_eq!(wire.matches("HTTP/1.1 200 OK\r\n").count(), 1, "{wire}");
+    assert!(wire.contains("connection: close\r\n"), "{wire}");
+    assert!(wire.ends_with("\r\n\r\nlate"), "{wire}");
+    assert_eq!(b.hits(), 1);
+}

@@ -162,11 +162,16 @@ impl Lane {
             });
             // Boxed, as the pipeline: inline, the writing's state (and the response, which
             // the task would keep room for) would size the task of every waiting connection.
-            let respond = match answer.await {
+            // Shutdown that began while the pipeline ran has the answer say close, and the
+            // connection closes after it.
+            let (respond, close) = match answer.await {
                 Some(resp) => {
                     fut.set(None);
                     let close = close || shutdown.is_cancelled();
-                    Box::pin(respond(io, &mut buf, resp, head_req, close))
+                    (
+                        Box::pin(respond(io, &mut buf, resp, head_req, close)),
+                        close,
+                    )
                 }
                 None => {
                     fut.set(None);
