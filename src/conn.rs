@@ -239,11 +239,6 @@ impl<S> TimedIo<S> {
         self
     }
 
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// The wrapped stream, to read from it past the timers (the lane times its own reads).
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner

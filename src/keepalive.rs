@@ -229,20 +229,19 @@ where
     // Nothing came before the head timer ran out (the protocol sniff gave up empty): hyper's
     // connection answers that with 408, its head timer running from accept.
     let mut silent = lane.is_some() && io.replay_is_empty();
-    if silent {
+    if lane.is_some() {
         io.park_promptly();
     }
     loop {
         if let Some(lane) = lane.filter(|_| !std::mem::take(&mut silent)) {
             let start = BytesMut::from(&io.take_replay()[..]);
-            let pipeline = |parts| crate::proxy::handle_parts(&lane.ctx, parts, None);
+            let pipeline = |parts| lane.start(parts);
             let run = lane.run(&mut io, start, state, shutdown, last, &mut slot, pipeline);
             match run.await {
                 Next::Done => return Ok(()),
                 Next::Hyper(bytes) => {
                     slot = None;
                     io.unpark(bytes.freeze());
-                    io.park_promptly();
                 }
                 Next::Idle => {
                     // The pipeline's slot stays while requests keep coming; a connection idle
@@ -285,8 +284,9 @@ where
             return Ok(());
         }
         tracing::trace!("idle connection parked");
+        // Back to the lane; without it, hyper had read ahead after all: serve that at once.
         if io.unpark(unread) || lane.is_some() {
-            continue; // hyper had read ahead after all: serve that at once
+            continue;
         }
         match idle(&mut io, state, timers, &mut watch).await {
             Wait::Readable => continue,

@@ -87,10 +87,17 @@ pub enum Next {
 pub type Slot<F> = Option<Pin<Box<Option<F>>>>;
 
 impl Lane {
+    /// Starts `parts`, which has no body, on the pipeline. The caller passes this to
+    /// [`Lane::run`] as a closure only because the future's type has no name to give its
+    /// slot.
+    pub fn start(&self, parts: Parts) -> impl Future<Output = Response<ProxyBody>> + '_ {
+        crate::proxy::handle_parts(&self.ctx, parts, None)
+    }
+
     /// Serves requests on `io`, starting with the bytes in `buf`, until one is hyper's, the
     /// connection has nothing more to read for now, or it ends. `last`: the connection is
-    /// draining, and the request read now is its last. `pipeline` starts a request on the
-    /// pipeline (`proxy::handle_parts` with this lane's context), in `slot`.
+    /// draining, and the request read now is its last. `pipeline` starts a request
+    /// ([`Lane::start`]) in `slot`.
     #[allow(clippy::too_many_arguments)]
     pub async fn run<T, F>(
         &self,
@@ -141,7 +148,6 @@ impl Lane {
             };
             let close = close || last || shutdown.is_cancelled();
             let head_req = parts.method == Method::HEAD;
-            state.note_body(Some(0));
             let inflight = state.request();
             let fut = match slot {
                 Some(fut) => {
