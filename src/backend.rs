@@ -267,10 +267,7 @@ impl BackendState {
     }
 
     /// Takes a breaker permit: `Ok(None)` without a breaker, `Err` when it rejects.
-    pub fn breaker_permit(
-        self: &Arc<Self>,
-        now: Instant,
-    ) -> Result<Option<BreakerPermit>, BreakerOpen> {
+    pub fn breaker_permit(self: &Arc<Self>) -> Result<Option<BreakerPermit>, BreakerOpen> {
         // A forced breaker neither admits by the state machine nor learns from outcomes.
         match self.overrides.breaker() {
             Some(ForcedBreaker::Open) => return Err(BreakerOpen),
@@ -282,6 +279,8 @@ impl BackendState {
         }
         let mut g = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = g.as_mut() else { return Ok(None) };
+        // The clock is read only here: a pool without a breaker never needs it.
+        let now = Instant::now();
         let (permit, moved) = b.acquire(now);
         if let Some(s) = moved {
             self.breaker_moved(s, b.describe(now));

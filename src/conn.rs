@@ -159,6 +159,8 @@ pub struct TimedIo<S> {
     prompt: bool,
     /// When `read_sleep` is set to look at parking again (None: it is not).
     park_at: Option<Instant>,
+    /// When `read_sleep` is set to for [`TimedIo::wait_readable`] (None: it is not).
+    wait_at: Option<Instant>,
     /// When the request head being read started, and the request count then.
     head: Option<(Instant, u64)>,
     read_sleep: Pin<Box<Sleep>>,
@@ -196,6 +198,7 @@ impl<S> TimedIo<S> {
             parked: false,
             prompt: false,
             park_at: None,
+            wait_at: None,
             head: Some((born, 0)),
             read_sleep: Box::pin(tokio::time::sleep_until(now + timers.header_read)),
             stalled: None,
@@ -292,6 +295,7 @@ impl<S> TimedIo<S> {
             };
             self.read_sleep.as_mut().reset(at);
             self.park_at = Some(at);
+            self.wait_at = None;
         }
         if self.read_sleep.as_mut().poll(cx).is_ready() {
             cx.waker().wake_by_ref();
@@ -360,8 +364,14 @@ impl<S: Readable> TimedIo<S> {
         deadline: Instant,
         shutdown: &mut ShutdownWatch<'_>,
     ) -> bool {
-        self.read_sleep.as_mut().reset(deadline);
+        // The timer moves only when it would fire late. Set earlier, it fires, finds the
+        // deadline not yet come, and is set again: a busy connection, whose deadline moves
+        // on with every request, resets it about once a period instead of once a request.
         self.park_at = None;
+        if self.wait_at.is_none_or(|t| t > deadline) {
+            self.read_sleep.as_mut().reset(deadline);
+            self.wait_at = Some(deadline);
+        }
         std::future::poll_fn(|cx| {
             if shutdown.poll(cx).is_ready() {
                 return Poll::Ready(false);
@@ -369,8 +379,12 @@ impl<S: Readable> TimedIo<S> {
             if let Poll::Ready(r) = self.inner.poll_read_ready(cx) {
                 return Poll::Ready(r.is_ok());
             }
-            if self.read_sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(false);
+            while self.read_sleep.as_mut().poll(cx).is_ready() {
+                if self.wait_at.is_none_or(|t| t >= deadline) {
+                    return Poll::Ready(false);
+                }
+                self.read_sleep.as_mut().reset(deadline);
+                self.wait_at = Some(deadline);
             }
             Poll::Pending
         })
@@ -520,6 +534,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                             return this.reject(cx);
                         }
                         this.read_sleep.as_mut().reset(deadline);
+                        this.wait_at = None;
                         if this.read_sleep.as_mut().poll(cx).is_ready() {
                             cx.waker().wake_by_ref();
                         }

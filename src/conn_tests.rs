@@ -99,3 +99,61 @@ async fn idle_time_counts_from_the_last_response() {
     let since = state.idle_since().expect("idle again");
     assert!(since >= state.born + Duration::from_secs(5));
 }
+
+/// Writes a byte on `client` after `after`, and gives the client back.
+fn poke(
+    mut client: tokio::net::TcpStream,
+    after: Duration,
+) -> tokio::task::JoinHandle<tokio::net::TcpStream> {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        client.write_all(b"x").await.unwrap();
+        client
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_ends_at_its_own_deadline_whatever_the_timer_held() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    let mut io = TimedIo::new(server, ConnState::new(), timers(), false);
+    let token = CancellationToken::new();
+    let mut watch = ShutdownWatch::new(&token);
+    // Larger than what comes: a short read clears the readiness.
+    let mut byte = [0u8; 16];
+    let ends_at = |deadline: Instant| {
+        let now = Instant::now();
+        now >= deadline && now < deadline + Duration::from_millis(100)
+    };
+    // Readable after 1 s, well before the deadline: the timer stays set for 10 s on.
+    let poked = poke(client, Duration::from_secs(1));
+    assert!(
+        io.wait_readable(Instant::now() + Duration::from_secs(10), &mut watch)
+            .await
+    );
+    let client = poked.await.unwrap();
+    assert_eq!(io.get_mut().read(&mut byte).await.unwrap(), 1);
+    // A later deadline leaves the timer where it was: it fires first, and the wait goes on
+    // to its own deadline.
+    let later = Instant::now() + Duration::from_secs(20);
+    assert!(!io.wait_readable(later, &mut watch).await);
+    assert!(
+        ends_at(later),
+        "a wait ended before or long after its deadline"
+    );
+    // Timer set 60 s on, and the socket readable after 1 s again.
+    let poked = poke(client, Duration::from_secs(1));
+    assert!(
+        io.wait_readable(Instant::now() + Duration::from_secs(60), &mut watch)
+            .await
+    );
+    let _client = poked.await.unwrap();
+    assert_eq!(io.get_mut().read(&mut byte).await.unwrap(), 1);
+    // An earlier deadline than the timer holds moves it.
+    let near = Instant::now() + Duration::from_secs(2);
+    assert!(!io.wait_readable(near, &mut watch).await);
+    assert!(ends_at(near), "a wait outlived its deadline");
+}

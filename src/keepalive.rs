@@ -247,8 +247,8 @@ where
                     // The pipeline's slot stays while requests keep coming; a connection idle
                     // for longer holds none.
                     if slot.is_some() {
-                        let deadline = state.idle_deadline(timers.keepalive);
-                        let brief = deadline.min(Instant::now() + conn::PARK_AFTER);
+                        // From when it went idle, as the keep-alive time: no clock read.
+                        let brief = state.idle_deadline(timers.keepalive.min(conn::PARK_AFTER));
                         if io.wait_readable(brief, &mut watch).await {
                             continue;
                         }

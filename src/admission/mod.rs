@@ -98,8 +98,11 @@ impl Drop for Slot {
         if let Some(q) = self.queue.take() {
             // A slot of a backend that cannot serve (unhealthy, breaker open) is not handed to
             // a waiter, who would only fail: it is released, and waiters wait on.
-            let serves = self.state.is_healthy() && self.state.breaker_available(Instant::now());
-            if serves && q.has_waiters() {
+            // Waiters first: with none (the usual case) the clock is not read.
+            if q.has_waiters()
+                && self.state.is_healthy()
+                && self.state.breaker_available(Instant::now())
+            {
                 // Hand the slot over: the count stays as it is. `hand_off` tries waiters in
                 // order and gives the slot back only when none is left to take it.
                 match q.hand_off(self.rearmed(&q)) {

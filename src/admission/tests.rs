@@ -95,10 +95,7 @@ async fn a_slot_of_a_backend_whose_breaker_opened_is_not_handed_on() {
     };
     b.configure_breaker(Some(&cfg));
     let slot = Slot::try_take(&b, 1, &queue).expect("free slot");
-    let permit = b
-        .breaker_permit(std::time::Instant::now())
-        .unwrap()
-        .unwrap();
+    let permit = b.breaker_permit().unwrap().unwrap();
     permit.record(
         crate::config::Outcome::ConnectError,
         std::time::Instant::now(),

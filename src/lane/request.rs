@@ -97,7 +97,7 @@ pub fn parse(buf: &mut BytesMut) -> Head {
         let Ok(value) = HeaderValue::from_maybe_shared(slice(vo, vl)) else {
             return hand_back(buf, head);
         };
-        if name == header::CONNECTION {
+        if name == header::CONNECTION && !value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
             for t in crate::headers::tokens(std::iter::once(&value)) {
                 close |= t.eq_ignore_ascii_case("close");
             }

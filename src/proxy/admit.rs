@@ -127,7 +127,7 @@ async fn queued(
             // A backend removed by a reload: its slot is released, and the wait goes on.
             continue;
         };
-        match slot.backend().breaker_permit(Instant::now()) {
+        match slot.backend().breaker_permit() {
             Ok(permit) => {
                 return Ok(Admitted {
                     index,
@@ -161,7 +161,7 @@ fn pick(entry: &PoolEntry, ctx: &PickCtx<'_>, tried: &[usize]) -> Option<Admitte
             skip.push(pick.index);
             continue;
         };
-        match b.state.breaker_permit(Instant::now()) {
+        match b.state.breaker_permit() {
             Ok(permit) => {
                 return Some(Admitted {
                     index: pick.index,

@@ -351,6 +351,16 @@ struct Seen {
 impl Seen {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if *name == header::CONNECTION {
+            // The usual values, whole, need no split into tokens.
+            let whole = value.as_bytes();
+            if whole.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+                return;
+            }
+            if whole.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+                return;
+            }
             let mut names = false;
             for t in headers::tokens(std::iter::once(value)) {
                 self.close |= t.eq_ignore_ascii_case("close");
