@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::Service;
@@ -125,10 +125,10 @@ pub trait Readable {
     /// Reads what the socket has into `buf`'s spare room; Pending (and woken later) when it
     /// has nothing. A read shorter than the room clears the socket's readiness, so the next
     /// wait does not begin with a read that finds nothing.
-    fn poll_read_buf(
+    fn poll_read_buf<B: BufMut>(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut BytesMut,
+        buf: &mut B,
     ) -> Poll<io::Result<usize>>;
 }
 
@@ -137,10 +137,10 @@ impl Readable for TcpStream {
         TcpStream::poll_read_ready(self, cx)
     }
 
-    fn poll_read_buf(
+    fn poll_read_buf<B: BufMut>(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut BytesMut,
+        buf: &mut B,
     ) -> Poll<io::Result<usize>> {
         tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
@@ -152,7 +152,11 @@ impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
         self.get_ref().0.poll_read_ready(cx)
     }
 
-    fn poll_read_buf(&mut self, _: &mut Context<'_>, _: &mut BytesMut) -> Poll<io::Result<usize>> {
+    fn poll_read_buf<B: BufMut>(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &mut B,
+    ) -> Poll<io::Result<usize>> {
         // Not used either: the lane serves plain connections only.
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
@@ -241,7 +245,9 @@ where
                 Next::Done => return Ok(()),
                 Next::Hyper(bytes) => {
                     slot = None;
-                    io.unpark(bytes.freeze());
+                    // A copy: the bytes may share the worker's read arena, which hyper
+                    // would then hold for as long as it takes to read the request.
+                    io.unpark(Bytes::copy_from_slice(&bytes));
                 }
                 Next::Idle => {
                     // The pipeline's slot stays while requests keep coming; a connection idle

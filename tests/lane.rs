@@ -273,3 +273,56 @@ async fn at_shutdown_an_answer_that_says_close_is_the_last_on_its_connection() {
     assert!(wire.ends_with("\r\n\r\nlate"), "{wire}");
     assert_eq!(b.hits(), 1);
 }
+
+/// Reads one answer with a `content-length` off `s`, and returns its body.
+async fn read_answer(s: &mut TcpStream, pending: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().expect("length"));
+            if pending.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&pending[end + 4..end + 4 + len]).into_owned();
+                pending.drain(..end + 4 + len);
+                return body;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "the proxy closed the connection");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn heads_read_side_by_side_into_the_shared_read_room_stay_whole() {
+    // Three connections send 300 requests each at the same time, one after the other on
+    // each: about 90 KiB of heads, read by one worker into the room its connections share,
+    // which is taken anew several times. Each request's target (which shares that room while
+    // its request lasts) must reach the backend as it was sent.
+    let (_b, p, _) = setup().await;
+    let to = addr(&p);
+    let mut clients = Vec::new();
+    for c in 0..3 {
+        clients.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(to).await.expect("connect");
+            let mut pending = Vec::new();
+            for i in 0..300 {
+                let pad = "x".repeat((i * 7 + c * 13) % 90);
+                let req =
+                    format!("GET /c{c}/{i}/{pad} HTTP/1.1\r\nHost: a\r\nX-Pad: {pad}\r\n\r\n");
+                s.write_all(req.as_bytes()).await.expect("write");
+                let body = read_answer(&mut s, &mut pending).await;
+                assert_eq!(body, format!("GET /c{c}/{i}/{pad} 0"));
+            }
+        }));
+    }
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .expect("the requests were answered in time")
+            .expect("client");
+    }
+}
