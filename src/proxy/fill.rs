@@ -93,12 +93,22 @@ fn stale_window(route: &RouteCacheConfig, e: &Entry) -> u64 {
 /// The stored headers of a response: without `Age` (recomputed on use), without what is true
 /// of that one fetch only (the backend's `Cache-Status`, an echoed `X-Request-Id`), and
 /// without the fields its directives keep out of shared caches.
+///
+/// Each value is copied: a parsed value shares the buffer the response head was read into
+/// (8 KiB at least, up to 256 KiB after large bodies), which a stored entry would otherwise
+/// hold for as long as it is cached, unseen by the cache's size.
 fn stored_headers(mut h: HeaderMap, omit: &[header::HeaderName]) -> HeaderMap {
     h.remove(header::AGE);
     h.remove(&CACHE_STATUS);
     h.remove(&X_REQUEST_ID);
     for n in omit {
         h.remove(n);
+    }
+    for v in h.values_mut() {
+        if let Ok(mut own) = HeaderValue::from_bytes(v.as_bytes()) {
+            own.set_sensitive(v.is_sensitive());
+            *v = own;
+        }
     }
     h
 }
@@ -354,5 +364,33 @@ pub async fn run(job: FillJob) {
                 })),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn stored_values_hold_none_of_the_buffer_the_head_was_read_into() {
+        let read = Bytes::from(vec![b'v'; 8192]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ETAG,
+            HeaderValue::from_maybe_shared(read.slice(10..20)).expect("value"),
+        );
+        let mut secret = HeaderValue::from_maybe_shared(read.slice(30..40)).expect("value");
+        secret.set_sensitive(true);
+        h.insert(header::WWW_AUTHENTICATE, secret);
+        h.insert(header::AGE, HeaderValue::from_static("3"));
+        let stored = stored_headers(h, &[]);
+        assert!(stored.get(header::AGE).is_none());
+        let within = |v: &HeaderValue| read.as_ptr_range().contains(&v.as_bytes().as_ptr());
+        let etag = &stored[header::ETAG];
+        assert_eq!(etag.as_bytes(), b"vvvvvvvvvv");
+        assert!(!within(etag), "the stored value shares the read buffer");
+        let auth = &stored[header::WWW_AUTHENTICATE];
+        assert!(!within(auth) && auth.is_sensitive());
     }
 }
