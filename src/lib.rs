@@ -33,6 +33,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod admission;
 pub mod app;
+pub mod arena;
 pub mod backend;
 pub mod balance;
 pub mod body;

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use http::request::Parts;
 use http::{Method, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -39,46 +39,15 @@ use request::Head;
 /// smallest `limits.max_header_bytes` (8 KiB), so a head the lane takes is one hyper would.
 const READ_SIZE: usize = 4096;
 
-/// The worker's read arena: a connection with nothing unread reads its next request head
-/// into the arena's spare room, and takes what it read with it, sharing the arena. One
-/// allocation serves about a hundred heads, where each took a buffer of its own. A head
-/// holds the arena until its request is over: at most [`ARENA_SIZE`] for a request that
-/// lasts, against [`READ_SIZE`] before, and a few hundred bytes' share for most.
-const ARENA_SIZE: usize = 16 * 1024;
-
-thread_local! {
-    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-}
-
-/// Reads what the socket has into `buf`. An empty `buf` takes what was read (at most
-/// [`READ_SIZE`]) from the worker's arena; one that holds the start of a head grows to
-/// [`READ_SIZE`] on its own.
+/// Reads what the socket has into `buf`, up to [`READ_SIZE`] in all; an empty `buf` takes
+/// its bytes from the worker's read arena ([`crate::arena`]).
 fn poll_read_head<T: Readable>(
     io: &mut T,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    if !buf.is_empty() {
-        // A buffer of its own: `reserve` on one that shares the arena would allocate the
-        // arena's whole size again.
-        if buf.capacity() < READ_SIZE {
-            let mut own = BytesMut::with_capacity(READ_SIZE);
-            own.extend_from_slice(buf);
-            *buf = own;
-        }
-        let room = READ_SIZE.saturating_sub(buf.len());
-        return io.poll_read_buf(cx, &mut (&mut *buf).limit(room));
-    }
-    ARENA.with_borrow_mut(|arena| {
-        if arena.capacity() - arena.len() < READ_SIZE {
-            *arena = BytesMut::with_capacity(ARENA_SIZE);
-        }
-        let read = io.poll_read_buf(cx, &mut (&mut *arena).limit(READ_SIZE));
-        if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
-            *buf = arena.split();
-        }
-        read
-    })
+    let limit = READ_SIZE.saturating_sub(buf.len());
+    crate::arena::poll_read(buf, limit, |room| io.poll_read_buf(cx, room))
 }
 
 /// What serves a connection's requests on the lane.

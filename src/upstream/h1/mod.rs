@@ -115,13 +115,11 @@ impl Conn {
 
     /// Reads what the backend sent into the buffer: the count, 0 at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(self.read_size);
-        let room = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.buf
-        ))?;
+        let room = self.read_size;
+        let io = &mut self.io;
+        let n = ready!(crate::arena::poll_read(&mut self.buf, room, |buf| {
+            tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+        }))?;
         if n == room {
             self.read_size = (self.read_size * 2).min(READ_MAX);
         } else if n < self.read_size / 4 {
