@@ -70,6 +70,11 @@ impl<T: AsyncRead + AsyncWrite + Readable + Unpin> Wire for TimedIo<T> {
             if buf.len() >= READ_SIZE {
                 return Poll::Pending;
             }
+            // Most looks find nothing: asking whether the socket is readable costs less than
+            // a read that comes back empty.
+            if self.get_mut().poll_read_ready(cx).is_pending() {
+                return Poll::Pending;
+            }
             match poll_read_head(self.get_mut(), cx, buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
