@@ -86,6 +86,18 @@ pub async fn open(
     }
 }
 
+impl Stream {
+    /// Pending (and woken later) when a read would find nothing for sure: a plain socket
+    /// that is not readable. A TLS stream may hold decrypted bytes, so it is always worth a
+    /// read.
+    pub fn poll_maybe_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Stream::Plain(s) => s.poll_read_ready(cx).map(|_| ()),
+            Stream::Tls(_) => Poll::Ready(()),
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

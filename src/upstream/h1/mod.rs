@@ -115,6 +115,9 @@ impl Conn {
 
     /// Reads what the backend sent into the buffer: the count, 0 at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // The first look after a request went out usually finds nothing yet: asking costs
+        // less than a read that comes back empty.
+        ready!(self.io.poll_maybe_readable(cx));
         let room = self.read_size;
         let io = &mut self.io;
         let n = ready!(crate::arena::poll_read(&mut self.buf, room, |buf| {
