@@ -32,6 +32,31 @@ const FIXED_HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Maps of at most this many names are searched by walking them for a name outside the
+/// standard set: hashing such a name costs more than comparing it with each (a request
+/// carries a handful of fields).
+const WALK_UP_TO: usize = 8;
+
+/// The first value of `name` in `h`, as [`HeaderMap::get`] gives it; for names outside the
+/// standard set (see [`WALK_UP_TO`]).
+pub fn first<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if h.keys_len() <= WALK_UP_TO {
+        h.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    } else {
+        h.get(name)
+    }
+}
+
+/// Whether `h` holds a field `name`; for names outside the standard set (see
+/// [`WALK_UP_TO`]).
+pub fn holds(h: &HeaderMap, name: &HeaderName) -> bool {
+    if h.keys_len() <= WALK_UP_TO {
+        h.keys().any(|k| k == name)
+    } else {
+        h.contains_key(name)
+    }
+}
+
 /// Whether `n` is one of the fixed hop-by-hop headers.
 pub fn hop_by_hop(n: &HeaderName) -> bool {
     *n == header::CONNECTION
@@ -195,7 +220,7 @@ pub fn new_request_id() -> HeaderValue {
 /// 6.2.3): an id is unique to one exchange, so entering it in the HPACK dynamic table would
 /// only evict fields that do repeat.
 pub fn request_id(h: &HeaderMap) -> HeaderValue {
-    let mut id = match h.get(&X_REQUEST_ID) {
+    let mut id = match first(h, &X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
         _ => new_request_id(),
     };
@@ -206,6 +231,30 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_and_holds_agree_with_the_map_small_or_large() {
+        for extra in [0usize, 3, 12] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("a"));
+            for i in 0..extra {
+                let name = HeaderName::from_bytes(format!("x-f{i}").as_bytes()).expect("name");
+                h.insert(name, HeaderValue::from_static("f"));
+            }
+            assert!(!holds(&h, &X_REQUEST_ID));
+            assert!(first(&h, &X_REQUEST_ID).is_none());
+            h.append(&X_REQUEST_ID, HeaderValue::from_static("one"));
+            h.append(&X_REQUEST_ID, HeaderValue::from_static("two"));
+            assert!(holds(&h, &X_REQUEST_ID), "{extra} more fields");
+            assert!(holds(&h, &header::HOST));
+            // The first line, as `get` gives it.
+            assert_eq!(first(&h, &X_REQUEST_ID), h.get(&X_REQUEST_ID));
+            assert_eq!(
+                first(&h, &X_REQUEST_ID).map(|v| v.as_bytes()),
+                Some(&b"one"[..])
+            );
+        }
+    }
 
     #[test]
     fn strips_connection_named_headers() {

@@ -103,12 +103,16 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2], u64)> {
 /// ([`TraceId::traceparent`], written with the other fields sandgate adds,
 /// [`crate::headers::Hop`]); an invalid one goes with its `tracestate`.
 pub fn hop(h: &mut HeaderMap, generate: bool) -> Option<TraceId> {
-    let mut lines = h.get_all(&TRACEPARENT).iter();
-    let incoming = match (lines.next(), lines.next()) {
-        (None, _) => None,
-        (Some(v), None) => Some(parse(v.as_bytes())),
-        // Two traceparent lines are as good as an invalid one.
-        (Some(_), Some(_)) => Some(None),
+    let incoming = if crate::headers::holds(h, &TRACEPARENT) {
+        let mut lines = h.get_all(&TRACEPARENT).iter();
+        match (lines.next(), lines.next()) {
+            (None, _) => None,
+            (Some(v), None) => Some(parse(v.as_bytes())),
+            // Two traceparent lines are as good as an invalid one.
+            (Some(_), Some(_)) => Some(None),
+        }
+    } else {
+        None
     };
     if incoming.is_some() {
         h.remove(&TRACEPARENT);

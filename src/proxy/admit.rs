@@ -67,6 +67,9 @@ pub fn class(
     peer: std::net::IpAddr,
     trusted: Option<&[ipnet::IpNet]>,
 ) -> Priority {
+    if !crate::headers::holds(headers, &SANDGATE_PRIORITY) {
+        return route;
+    }
     let Some(asked) = headers
         .remove(&SANDGATE_PRIORITY)
         .and_then(|v| Priority::parse(v.as_bytes().trim_ascii()))

@@ -18,8 +18,7 @@ const MAX_LEN: usize = 8 * 1024;
 pub fn asked(snap: &Snapshot, headers: &HeaderMap, peer: std::net::IpAddr) -> bool {
     // The peer first: it is cheaper than the header lookup, and most peers may not ask.
     snap.explain_from.iter().any(|n| n.contains(&peer))
-        && headers
-            .get(&SANDGATE_EXPLAIN)
+        && crate::headers::first(headers, &SANDGATE_EXPLAIN)
             .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
 }
 
