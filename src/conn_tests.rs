@@ -100,16 +100,29 @@ async fn idle_time_counts_from_the_last_response() {
     assert!(since >= state.born + Duration::from_secs(5));
 }
 
-/// Writes a byte on `client` after `after`, and gives the client back.
-fn poke(
+/// Sets `io`'s wait timer `deadline_in` on: the client writes a byte after 1 s, the wait
+/// ends then (readable), and the byte is read. Gives the client back.
+async fn readable_before(
+    io: &mut TimedIo<tokio::net::TcpStream>,
     mut client: tokio::net::TcpStream,
-    after: Duration,
-) -> tokio::task::JoinHandle<tokio::net::TcpStream> {
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
+    deadline_in: Duration,
+) -> tokio::net::TcpStream {
+    let token = CancellationToken::new();
+    let poke = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         client.write_all(b"x").await.unwrap();
         client
-    })
+    });
+    let deadline = Instant::now() + deadline_in;
+    assert!(
+        io.wait_readable(deadline, &mut ShutdownWatch::new(&token))
+            .await
+    );
+    let client = poke.await.unwrap();
+    // Larger than what comes: a short read clears the readiness.
+    let mut byte = [0u8; 16];
+    assert_eq!(io.get_mut().read(&mut byte).await.unwrap(), 1);
+    client
 }
 
 #[tokio::test(start_paused = true)]
@@ -122,20 +135,12 @@ async fn a_wait_ends_at_its_own_deadline_whatever_the_timer_held() {
     let mut io = TimedIo::new(server, ConnState::new(), timers(), false);
     let token = CancellationToken::new();
     let mut watch = ShutdownWatch::new(&token);
-    // Larger than what comes: a short read clears the readiness.
-    let mut byte = [0u8; 16];
     let ends_at = |deadline: Instant| {
         let now = Instant::now();
         now >= deadline && now < deadline + Duration::from_millis(100)
     };
-    // Readable after 1 s, well before the deadline: the timer stays set for 10 s on.
-    let poked = poke(client, Duration::from_secs(1));
-    assert!(
-        io.wait_readable(Instant::now() + Duration::from_secs(10), &mut watch)
-            .await
-    );
-    let client = poked.await.unwrap();
-    assert_eq!(io.get_mut().read(&mut byte).await.unwrap(), 1);
+    // The timer set 10 s on, and the wait over after 1 s.
+    let client = readable_before(&mut io, client, Duration::from_secs(10)).await;
     // A later deadline leaves the timer where it was: it fires first, and the wait goes on
     // to its own deadline.
     let later = Instant::now() + Duration::from_secs(20);
@@ -144,15 +149,8 @@ async fn a_wait_ends_at_its_own_deadline_whatever_the_timer_held() {
         ends_at(later),
         "a wait ended before or long after its deadline"
     );
-    // Timer set 60 s on, and the socket readable after 1 s again.
-    let poked = poke(client, Duration::from_secs(1));
-    assert!(
-        io.wait_readable(Instant::now() + Duration::from_secs(60), &mut watch)
-            .await
-    );
-    let _client = poked.await.unwrap();
-    assert_eq!(io.get_mut().read(&mut byte).await.unwrap(), 1);
-    // An earlier deadline than the timer holds moves it.
+    // The timer set 60 s on, then a wait with an earlier deadline: it moves the timer.
+    let _client = readable_before(&mut io, client, Duration::from_secs(60)).await;
     let near = Instant::now() + Duration::from_secs(2);
     assert!(!io.wait_readable(near, &mut watch).await);
     assert!(ends_at(near), "a wait outlived its deadline");
