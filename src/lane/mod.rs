@@ -234,10 +234,26 @@ async fn respond<W: Wire>(
 ) -> io::Result<()> {
     let (head, mut body) = resp.into_parts();
     let hint = http_body::Body::size_hint(&body).exact();
-    let mut out = Vec::with_capacity(512);
+    // The worker's spare write buffer, if no other answer holds it; put back after.
+    let mut out = SPARE_OUT.take();
+    out.reserve(512);
     let framing = response::encode_head(&head, hint, head_req, close, &mut out);
     drop(head);
-    response::send_body(io, buf, &mut body, framing, &mut out).await
+    let sent = response::send_body(io, buf, &mut body, framing, &mut out).await;
+    if out.capacity() <= SPARE_OUT_MAX {
+        out.clear();
+        SPARE_OUT.set(out);
+    }
+    sent
+}
+
+/// The largest write buffer kept for the worker's next answer.
+const SPARE_OUT_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// A write buffer between answers: one allocation for the answers that come one after
+    /// another, instead of one each.
+    static SPARE_OUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 #[cfg(test)]
