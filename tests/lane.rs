@@ -52,11 +52,25 @@ async fn setup() -> (
 ) {
     let gone = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let b = backend(std::sync::Arc::clone(&gone)).await;
-    let p = spawn_proxy(&basic_config(&format!(
+    let p = proxy_to(&b);
+    (b, p, gone)
+}
+
+/// A proxy in front of `b` alone.
+fn proxy_to(b: &Backend) -> Proxy {
+    spawn_proxy(&basic_config(&format!(
         "    backends: [{{ address: {} }}]\n",
         b.addr
-    )));
-    (b, p, gone)
+    )))
+}
+
+/// Connects to `proxy` and sends `GET /`.
+async fn first_request(proxy: &Proxy) -> TcpStream {
+    let mut s = TcpStream::connect(addr(proxy)).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    s
 }
 
 /// Writes each of `writes` (a pause between them), then reads until the proxy closes the
@@ -83,19 +97,26 @@ fn addr(p: &Proxy) -> std::net::SocketAddr {
         .expect("proxy address")
 }
 
+/// The body of the first whole response at the start of `wire` (framed by its
+/// `content-length`, none meaning empty), and how many bytes that response takes.
+fn first_answer(wire: &[u8]) -> Option<(String, usize)> {
+    let end = wire.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&wire[..end]);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().expect("length"));
+    let body = wire.get(end + 4..end + 4 + len)?;
+    Some((String::from_utf8_lossy(body).into_owned(), end + 4 + len))
+}
+
 /// The bodies of the responses in `wire`, in order (each with a `content-length`).
 fn bodies(wire: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut rest = wire;
-    while let Some(end) = rest.find("\r\n\r\n") {
-        let head = &rest[..end];
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.trim().parse().expect("length"));
-        let body = &rest[end + 4..end + 4 + len];
-        out.push(body.to_owned());
-        rest = &rest[end + 4 + len..];
+    let mut rest = wire.as_bytes();
+    while let Some((body, taken)) = first_answer(rest) {
+        out.push(body);
+        rest = &rest[taken..];
     }
     out
 }
@@ -199,14 +220,8 @@ async fn a_bad_request_is_refused_as_before() {
 async fn at_shutdown_a_request_pipelined_behind_the_answer_in_flight_is_served_with_close() {
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let b = held_backend("start;", "done", std::sync::Arc::clone(&release)).await;
-    let proxy = spawn_proxy(&basic_config(&format!(
-        "    backends: [{{ address: {} }}]\n",
-        b.addr
-    )));
-    let mut s = TcpStream::connect(addr(&proxy)).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
+    let proxy = proxy_to(&b);
+    let mut s = first_request(&proxy).await;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     while !String::from_utf8_lossy(&got).contains("start;") {
@@ -248,14 +263,8 @@ async fn at_shutdown_a_request_pipelined_behind_the_answer_in_flight_is_served_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_shutdown_an_answer_that_says_close_is_the_last_on_its_connection() {
     let b = slow_backend("late", Duration::from_millis(600)).await;
-    let proxy = spawn_proxy(&basic_config(&format!(
-        "    backends: [{{ address: {} }}]\n",
-        b.addr
-    )));
-    let mut s = TcpStream::connect(addr(&proxy)).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
+    let proxy = proxy_to(&b);
+    let mut s = first_request(&proxy).await;
     // Shutdown begins while the backend has not answered: the answer says close, so the
     // request pipelined behind it is not served.
     proxy.terminate();
@@ -274,20 +283,13 @@ async fn at_shutdown_an_answer_that_says_close_is_the_last_on_its_connection() {
     assert_eq!(b.hits(), 1);
 }
 
-/// Reads one answer with a `content-length` off `s`, and returns its body.
+/// Reads one answer with a `content-length` off `s`, and returns its body; `pending`
+/// keeps what was read past it.
 async fn read_answer(s: &mut TcpStream, pending: &mut Vec<u8>) -> String {
     loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .map_or(0, |v| v.trim().parse().expect("length"));
-            if pending.len() >= end + 4 + len {
-                let body = String::from_utf8_lossy(&pending[end + 4..end + 4 + len]).into_owned();
-                pending.drain(..end + 4 + len);
-                return body;
-            }
+        if let Some((body, taken)) = first_answer(pending) {
+            pending.drain(..taken);
+            return body;
         }
         let mut chunk = [0u8; 4096];
         let n = s.read(&mut chunk).await.expect("read");
