@@ -157,10 +157,8 @@ pub struct TimedIo<S> {
     /// hyper gives the connection back as soon as it is idle with nothing unread, not
     /// after [`PARK_AFTER`]: the lane ([`crate::lane`]) serves what comes next.
     prompt: bool,
-    /// When `read_sleep` is set to look at parking again (None: it is not).
-    park_at: Option<Instant>,
-    /// When `read_sleep` is set to for [`TimedIo::wait_readable`] (None: it is not).
-    wait_at: Option<Instant>,
+    /// What `read_sleep` is set for, when it is not the head timer.
+    armed: Armed,
     /// When the request head being read started, and the request count then.
     head: Option<(Instant, u64)>,
     read_sleep: Pin<Box<Sleep>>,
@@ -173,6 +171,17 @@ pub struct TimedIo<S> {
     /// On a connection that ALPN made HTTP/2: how much of the client preface has been seen
     /// (None once it is complete).
     preface: Option<usize>,
+}
+
+/// What a connection's `read_sleep` is set for.
+#[derive(Debug, Clone, Copy)]
+enum Armed {
+    /// The request head timer, or nothing in particular (it is set before use).
+    Head,
+    /// To look at parking hyper's connection again at this time.
+    Park(Instant),
+    /// For [`TimedIo::wait_readable`], until this time.
+    Wait(Instant),
 }
 
 /// How long an HTTP/1 keep-alive connection is idle before hyper gives it back, with its
@@ -197,8 +206,7 @@ impl<S> TimedIo<S> {
             framing: None,
             parked: false,
             prompt: false,
-            park_at: None,
-            wait_at: None,
+            armed: Armed::Head,
             head: Some((born, 0)),
             read_sleep: Box::pin(tokio::time::sleep_until(now + timers.header_read)),
             stalled: None,
@@ -284,18 +292,17 @@ impl<S> TimedIo<S> {
         };
         if idle.is_some_and(|t| now >= t + after) && self.may_park() {
             self.parked = true;
-            self.park_at = None;
+            self.armed = Armed::Head;
             self.state.parks.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Ok(()));
         }
-        if self.park_at.is_none_or(|t| now >= t) {
+        if !matches!(self.armed, Armed::Park(t) if now < t) {
             let at = match idle {
                 Some(t) if t + PARK_AFTER > now => t + PARK_AFTER,
                 _ => now + PARK_AFTER,
             };
             self.read_sleep.as_mut().reset(at);
-            self.park_at = Some(at);
-            self.wait_at = None;
+            self.armed = Armed::Park(at);
         }
         if self.read_sleep.as_mut().poll(cx).is_ready() {
             cx.waker().wake_by_ref();
@@ -367,10 +374,9 @@ impl<S: Readable> TimedIo<S> {
         // The timer moves only when it would fire late. Set earlier, it fires, finds the
         // deadline not yet come, and is set again: a busy connection, whose deadline moves
         // on with every request, resets it about once a period instead of once a request.
-        self.park_at = None;
-        if self.wait_at.is_none_or(|t| t > deadline) {
+        if !matches!(self.armed, Armed::Wait(t) if t <= deadline) {
             self.read_sleep.as_mut().reset(deadline);
-            self.wait_at = Some(deadline);
+            self.armed = Armed::Wait(deadline);
         }
         std::future::poll_fn(|cx| {
             if shutdown.poll(cx).is_ready() {
@@ -380,11 +386,11 @@ impl<S: Readable> TimedIo<S> {
                 return Poll::Ready(r.is_ok());
             }
             while self.read_sleep.as_mut().poll(cx).is_ready() {
-                if self.wait_at.is_none_or(|t| t >= deadline) {
+                if matches!(self.armed, Armed::Wait(t) if t >= deadline) {
                     return Poll::Ready(false);
                 }
                 self.read_sleep.as_mut().reset(deadline);
-                self.wait_at = Some(deadline);
+                self.armed = Armed::Wait(deadline);
             }
             Poll::Pending
         })
@@ -528,13 +534,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                 let idle = this.state.inflight.load(Ordering::Relaxed) == 0;
                 match this.head {
                     Some((since, _)) if idle => {
-                        this.park_at = None;
+                        this.armed = Armed::Head;
                         let deadline = since + this.timers.header_read;
                         if Instant::now() >= deadline {
                             return this.reject(cx);
                         }
                         this.read_sleep.as_mut().reset(deadline);
-                        this.wait_at = None;
                         if this.read_sleep.as_mut().poll(cx).is_ready() {
                             cx.waker().wake_by_ref();
                         }
